@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Train a vitzoo (or timm) image classifier from a YAML config.
+
+    python tools/train.py --config configs/cls/quickstart_digits.yaml [--set optim.lr=1e-3 ...] [--resume]
+    torchrun --nproc_per_node N tools/train.py --config ...     # DDP (NCCL on GPU, gloo on CPU)
+
+Writes to ``output.dir``: ``last.pth`` (atomic, every ``output.checkpoint_every_steps`` steps and every epoch),
+``best.pth``, ``metrics.csv`` (one row per epoch), ``curves.png`` and ``summary.json``. ``--resume`` continues from
+``last.pth``: model, optimizer, scheduler, EMA, grad scaler, epoch/step, partial-epoch sums and every RNG state are
+restored and the data order is a pure function of (seed, epoch), so a resumed CPU run is bit-for-bit the same as an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout too
+
+import timm  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
+from timm.scheduler import create_scheduler_v2  # noqa: E402
+
+import vitzoo  # noqa: E402,F401  (registers the vitzoo models with timm)
+from vitzoo.config import load_config  # noqa: E402
+from vitzoo.data import create_datasets  # noqa: E402
+
+CHECKPOINT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------- setup helpers
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (see vitzoo/config.py for every key and its default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from <output.dir>/last.pth")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    return p.parse_args(argv)
+
+
+def setup_distributed(device_arg: Optional[str]):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device_arg or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+def capture_rng() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def save_atomic(state: Dict[str, Any], path: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill at any moment leaves the old or the new
+    checkpoint, never a torn one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def epoch_batches(n: int, batch: int, epoch: int, seed: int, shuffle: bool, rank: int, world: int,
+                  drop_last: bool) -> List[List[int]]:
+    """This rank's batches of dataset indices for one epoch: a pure function of its arguments (resumable)."""
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+    else:
+        order = list(range(n))
+    if world > 1:
+        if shuffle:  # equal step counts on every rank (DDP needs them): wrap around
+            per_rank = math.ceil(n / world)
+            order = (order * 2)[: per_rank * world]
+        order = order[rank::world]
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    if drop_last and batches and len(batches[-1]) < batch:
+        batches = batches[:-1]
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------- model
+def build_model(cfg: Dict[str, Any], num_classes: int) -> nn.Module:
+    mcfg = cfg["model"]
+    if mcfg["name"] not in timm.list_models():
+        raise ValueError(f"model.name {mcfg['name']!r} is not a registered timm/vitzoo model "
+                         f"(see timm.list_models(); vitzoo models appear after `import vitzoo`)")
+    kwargs = dict(mcfg["kwargs"])
+    kwargs.setdefault("num_classes", num_classes)
+    kwargs.setdefault("in_chans", cfg["data"]["in_chans"])
+    if cfg["train"]["drop_path"] is not None:
+        kwargs["drop_path_rate"] = cfg["train"]["drop_path"]
+    if mcfg["pretrained_file"]:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=mcfg["pretrained_file"]))
+    model = timm.create_model(mcfg["name"], **kwargs)
+    if cfg["train"]["grad_checkpointing"]:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- loops
+def autocast_ctx(amp: str, device: torch.device):
+    if amp == "none":
+        return nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"train.amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, batch: int, device, cfg, rank: int, world: int) -> Dict[str, float]:
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for idx in epoch_batches(len(dataset), batch, 0, 0, False, rank, world, drop_last=False):
+        images = torch.stack([dataset[i][0] for i in idx]).to(device)
+        target = torch.stack([torch.as_tensor(dataset[i][1]) for i in idx]).to(device)
+        if cfg["train"]["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_ctx(cfg["train"]["amp"], device):
+            logits = model(images)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        sums += torch.tensor([criterion(logits, target).item(), (top[:, 0] == target).sum().item(),
+                              (top == target[:, None]).any(1).sum().item(), len(idx)], dtype=torch.float64,
+                             device=device)
+    if world > 1:
+        dist.all_reduce(sums)
+    loss, top1, top5, count = sums.tolist()
+    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * top5 / count}
+
+
+def write_curves(rows: List[Dict[str, Any]], out_dir: str) -> None:
+    with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="val")
+    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("cross-entropy"), ax_loss.legend(), ax_loss.grid(alpha=0.3)
+    ax_acc.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="val top-1")
+    if rows[0].get("ema_val_top1") is not None:
+        ax_acc.plot(epochs, [r["ema_val_top1"] for r in rows], marker="o", label="EMA val top-1")
+    ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("accuracy (%)"), ax_acc.legend(), ax_acc.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if cfg["model"]["attn_backend"]:
+        os.environ["VITZOO_ATTN_BACKEND"] = cfg["model"]["attn_backend"]
+    rank, world, device = setup_distributed(args.device)
+    tcfg, dcfg, ocfg = cfg["train"], cfg["data"], cfg["output"]
+    out_dir = ocfg["dir"]
+    os.makedirs(out_dir, exist_ok=True)
+    seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
+
+    train_set, val_set, num_classes = create_datasets(dcfg, seed=tcfg["seed"])
+    model = build_model(cfg, num_classes).to(device)
+    if tcfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    grad_accum = int(tcfg["grad_accum"])
+    if grad_accum < 1:
+        raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}")
+    batch = dcfg["batch_size"]
+    steps_per_epoch = len(epoch_batches(len(train_set), batch, 0, 0, True, rank, world, drop_last=True))
+    if tcfg["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, int(tcfg["max_steps_per_epoch"]))
+    updates_per_epoch = max(1, steps_per_epoch // grad_accum)
+
+    optimizer = create_optimizer_v2(model, opt=cfg["optim"]["name"], lr=cfg["optim"]["lr"],
+                                    weight_decay=cfg["optim"]["weight_decay"], momentum=cfg["optim"]["momentum"])
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=cfg["sched"]["name"], num_epochs=tcfg["epochs"], warmup_epochs=cfg["sched"]["warmup_epochs"],
+        warmup_lr=cfg["sched"]["warmup_lr"], min_lr=cfg["sched"]["min_lr"], step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=(tcfg["amp"] == "fp16" and device.type == "cuda"))
+    ema = None
+    if tcfg["ema_decay"]:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=tcfg["ema_decay"])
+
+    mixup_fn = None
+    if tcfg["mixup"] or tcfg["cutmix"]:
+        from timm.data import Mixup
+
+        mixup_fn = Mixup(mixup_alpha=tcfg["mixup"], cutmix_alpha=tcfg["cutmix"],
+                         label_smoothing=tcfg["label_smoothing"], num_classes=num_classes)
+        from timm.loss import SoftTargetCrossEntropy
+
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
+
+    train_model = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    if tcfg["compile"]:
+        train_model = torch.compile(train_model)
+
+    start_epoch, start_step, history, best = 0, 0, [], {"val_top1": -1.0, "epoch": -1}
+    partial = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
+    last_path = os.path.join(out_dir, "last.pth")
+    if args.resume:
+        if not os.path.exists(last_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+        ckpt = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        start_epoch, start_step = ckpt["epoch"], ckpt["step"]
+        history, best, partial = ckpt["history"], ckpt["best"], ckpt["partial"]
+        restore_rng(ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        if rank == 0:
+            print(f"resumed from {last_path}: epoch {start_epoch}, step {start_step}")
+
+    def checkpoint(epoch: int, step: int) -> None:
+        rng = capture_rng()
+        if world > 1:
+            gathered: List[Any] = [None] * world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        if rank == 0:
+            save_atomic({"version": CHECKPOINT_VERSION, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                         "epoch": epoch, "step": step, "history": history, "best": best, "partial": partial,
+                         "rng": rng, "config": cfg}, last_path)
+
+    show = ocfg["progress"] and rank == 0
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, num_epochs):
+        train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
+        batches = epoch_batches(len(train_set), batch, epoch, tcfg["seed"], True, rank, world, drop_last=True)
+        batches = batches[:steps_per_epoch]
+        train_model.train()
+        bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not show,
+                   dynamic_ncols=True)
+        for step in range(start_step, len(batches)):
+            tic = time.perf_counter()
+            idx = batches[step]
+            images = torch.stack([train_set[i][0] for i in idx]).to(device)
+            target = torch.stack([torch.as_tensor(train_set[i][1]) for i in idx]).to(device)
+            if mixup_fn is not None:
+                images, target = mixup_fn(images, target)
+            if tcfg["channels_last"]:
+                images = images.contiguous(memory_format=torch.channels_last)
+            sync = (step + 1) % grad_accum == 0 or step + 1 == len(batches)
+            no_sync = train_model.no_sync if (world > 1 and not sync and hasattr(train_model, "no_sync")) else nullcontext
+            with no_sync(), autocast_ctx(tcfg["amp"], device):
+                loss = criterion(train_model(images), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}")
+            scaler.scale(loss / grad_accum).backward()
+            if sync:
+                if cfg["optim"]["clip_grad"]:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"])
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                update = epoch * updates_per_epoch + (step + 1) // grad_accum
+                scheduler.step_update(num_updates=update)
+                if ema is not None:
+                    ema.update(model, step=update)
+            partial["loss_sum"] += loss.item() * len(idx)
+            partial["samples"] += len(idx)
+            partial["seconds"] += time.perf_counter() - tic
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
+                            img_s=f"{partial['samples'] * world / max(partial['seconds'], 1e-9):.0f}")
+            bar.update(1)
+            every = ocfg["checkpoint_every_steps"]
+            if every and (step + 1) % every == 0 and step + 1 < len(batches):
+                checkpoint(epoch, step + 1)
+        bar.close()
+        scheduler.step(epoch + 1)
+
+        metrics = evaluate(model, val_set, dcfg["val_batch_size"], device, cfg, rank, world)
+        row = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / max(partial["samples"], 1), **metrics,
+               "lr": optimizer.param_groups[0]["lr"],
+               "train_img_s": partial["samples"] * world / max(partial["seconds"], 1e-9)}
+        row["ema_val_top1"] = (evaluate(ema.module, val_set, dcfg["val_batch_size"], device, cfg, rank, world)
+                               ["val_top1"] if ema is not None else None)
+        history.append(row)
+        partial = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
+        start_step = 0
+        is_best = row["val_top1"] > best["val_top1"]
+        if is_best:
+            best = {"val_top1": row["val_top1"], "epoch": epoch + 1}
+        checkpoint(epoch + 1, 0)
+        if rank == 0:
+            if is_best:
+                save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "metrics": row, "config": cfg},
+                            os.path.join(out_dir, "best.pth"))
+            write_curves(history, out_dir)
+            print(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+                  f"val_top1 {row['val_top1']:.2f}% val_top5 {row['val_top5']:.2f}%", flush=True)
+
+    summary = {"model": cfg["model"]["name"], "params": n_params, "epochs": num_epochs, "world_size": world,
+               "final": history[-1] if history else None, "best": best, "output_dir": out_dir}
+    if rank == 0:
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(json.dumps({"final_val_top1": summary["final"]["val_top1"], "best_val_top1": best["val_top1"]}))
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
