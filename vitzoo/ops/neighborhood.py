@@ -76,7 +76,8 @@ class _NeighborhoodAttentionTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rpb, bias, args: NeighborhoodArgs):
         cdt = _compute_dtype(q.dtype)
-        qc, kc, vc = q.to(cdt), k.to(cdt), v.to(cdt)
+        # contiguous copies: every index_select below then streams memory instead of chasing strides
+        qc, kc, vc = (t.to(cdt).contiguous() for t in (q, k, v))
         (wy, wx) = args.windows(q.device)
         kh, kw = args.kernel
         dy, dx = args.dilation
@@ -107,7 +108,7 @@ class _NeighborhoodAttentionTorch(torch.autograd.Function):
         q, k, v, probs, out = ctx.saved_tensors
         args: NeighborhoodArgs = ctx.args
         cdt = probs.dtype
-        qc, kc, vc, go = q.to(cdt), k.to(cdt), v.to(cdt), grad_out.to(cdt)
+        qc, kc, vc, go = (t.to(cdt).contiguous() for t in (q, k, v, grad_out))
         (wy, wx) = args.windows(q.device)
         kh, kw = args.kernel
         dy, dx = args.dilation

@@ -1,0 +1,78 @@
+"""Backward of biased dense attention: orchestrates the three backward kernels (no kernel of its own).
+
+1. ``biased_attention_bwd_delta``: delta = rowsum(dO * O).
+2. ``biased_attention_bwd_dkdv``: dk, dv (programs over key tiles, loop over queries).
+3. ``biased_attention_bwd_dq``: dq (programs over query tiles, loop over keys).
+
+The bias gradient (summed over the bias's broadcast batch / head dims) is produced by exactly one of 2 and 3, the
+*owner*, chosen so the reduction runs in registers when possible: the kernel whose inner loop is a single tile
+(<= REGISTER_DBIAS_MAX rows) owns it. For Agent attention that is always the case (one side is the agents).
+Otherwise the owner with fewer inner tiles read-modify-writes its own fp32 partial strip. The owner splits each bias
+slot's members (batch, head pairs) into chunks to fill the GPU; the fp32 partials (one per chunk) are summed here.
+Deterministic: no atomics anywhere.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._biased_attention_common import (DBIAS_GLOBAL, DBIAS_NONE, DBIAS_REGISTERS, REGISTER_DBIAS_MAX, bias_strides,
+                                       check_head_dims, chunk_split, next_block)
+from .biased_attention_bwd_delta import biased_attention_bwd_delta
+from .biased_attention_bwd_dkdv import biased_attention_bwd_dkdv
+from .biased_attention_bwd_dq import biased_attention_bwd_dq
+
+__all__ = ["biased_attention_bwd"]
+
+_PLANNING_BLOCK = 64  # typical program tile, only used to estimate the owner's program count when chunking
+
+
+def biased_attention_bwd(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+    out: torch.Tensor, lse: torch.Tensor, scale: float, bias_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Gradients (dq, dk, dv, d_bias) of :func:`biased_attention_fwd`. ``bias`` is None or 4-D (1|B, 1|H, Lq, Lk);
+    d_bias has the bias's shape and dtype (None unless ``bias_grad``). dq, dk, dv are contiguous in q's dtype."""
+    batch, heads, lq, head_dim = q.shape
+    lk, v_dim = k.shape[2], v.shape[3]
+    check_head_dims(head_dim, v_dim)
+    delta = biased_attention_bwd_delta(out, grad_out)
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    strides = bias_strides(bias, batch, heads, lq, lk)
+    trivial = (batch, heads, 1, 1, 1, 1)  # slot_b, slot_h, h_rep, members, members_per_chunk, n_chunks
+
+    if bias is None or not bias_grad:
+        biased_attention_bwd_dkdv(q, k, v, bias, grad_out, lse, delta, dk, dv, dq, strides, scale, trivial,
+                                  DBIAS_NONE)
+        biased_attention_bwd_dq(q, k, v, bias, grad_out, lse, delta, dq, dq, strides, scale, trivial, DBIAS_NONE)
+        return dq, dk, dv, None
+
+    slot_b, slot_h = bias.shape[0], bias.shape[1]
+    h_rep = heads // slot_h
+    members = (batch // slot_b) * h_rep
+    q_single = next_block(lq) <= REGISTER_DBIAS_MAX  # dkdv's inner loop (queries) is one tile
+    k_single = next_block(lk) <= REGISTER_DBIAS_MAX  # dq's inner loop (keys) is one tile
+    if q_single and (not k_single or lq <= lk):
+        owner, mode, program_len = "dkdv", DBIAS_REGISTERS, lk
+    elif k_single:
+        owner, mode, program_len = "dq", DBIAS_REGISTERS, lq
+    elif lq <= lk:
+        owner, mode, program_len = "dkdv", DBIAS_GLOBAL, lk
+    else:
+        owner, mode, program_len = "dq", DBIAS_GLOBAL, lq
+
+    programs_per_chunk = -(-program_len // _PLANNING_BLOCK) * slot_b * slot_h
+    per_chunk, n_chunks = chunk_split(members, programs_per_chunk, q.device, slot_b * slot_h * lq * lk * 4)
+    partial = torch.empty(n_chunks, slot_b, slot_h, lq, lk, device=q.device, dtype=torch.float32)
+    split = (slot_b, slot_h, h_rep, members, per_chunk, n_chunks)
+
+    dkdv_split, dkdv_mode = (split, mode) if owner == "dkdv" else (trivial, DBIAS_NONE)
+    dq_split, dq_mode = (split, mode) if owner == "dq" else (trivial, DBIAS_NONE)
+    biased_attention_bwd_dkdv(q, k, v, bias, grad_out, lse, delta, dk, dv, partial, strides, scale, dkdv_split,
+                              dkdv_mode)
+    biased_attention_bwd_dq(q, k, v, bias, grad_out, lse, delta, dq, partial, strides, scale, dq_split, dq_mode)
+    dbias = partial[0] if n_chunks == 1 else partial.sum(0)
+    return dq, dk, dv, dbias.to(bias.dtype)

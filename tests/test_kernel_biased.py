@@ -1,0 +1,202 @@
+"""Triton biased dense-attention kernels (vitzoo.kernels.biased_attention_*) under the CPU interpreter
+(TRITON_INTERPRET=1, set by tests/conftest.py): outputs and dq / dk / dv / d_bias against a float64 brute force, for
+every bias-gradient path (registers / global partials, dq- or dkdv-owned, one or several chunks), masked tiles,
+-inf masks, strided inputs, fp16, autocast and torch.compile. Unwritten outputs are caught by filling every
+torch.empty with NaN (torch's deterministic mode). Shapes are tiny: the interpreter is ~1000x slower than a GPU."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vitzoo.kernels.biased_attention_bwd as bwd_module  # noqa: E402
+from vitzoo.kernels.biased_attention_fwd import biased_attention_fwd  # noqa: E402
+from vitzoo.ops import agent_attention, biased_attention  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def nan_poisoned_empty():
+    """Every torch.empty (kernel outputs, partial buffers) starts as NaN, so an unwritten element fails the test."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(prev_det)
+    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+
+
+def _brute(q, k, v, bias, scale):
+    logits = scale * torch.einsum("bhqd,bhkd->bhqk", q, k)
+    if bias is not None:
+        logits = logits + bias.expand_as(logits)
+    return torch.einsum("bhqk,bhkd->bhqd", torch.softmax(logits, dim=-1), v)
+
+
+def _rel(a, b):
+    return float((a.detach().double() - b.detach()).norm() / b.detach().norm())
+
+
+def _run(q, k, v, bias, go, **kw):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, bias)]
+    out = biased_attention(*leaves, backend="triton", **kw)
+    out.backward(go)
+    return out.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def _check(q, k, v, bias, tol, scale=None, bias_grad=True):
+    d = q.shape[-1]
+    scale = d ** -0.5 if scale is None else scale
+    go = torch.randn(*q.shape[:3], v.shape[-1], dtype=q.dtype)
+    bias_in = bias.detach().requires_grad_(bias_grad) if bias is not None else None
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out = biased_attention(*leaves, bias_in, scale=scale, backend="triton")
+    out.backward(go)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref_bias = bias.detach().double().requires_grad_(True) if bias is not None else None
+    ref = _brute(*ref_leaves, ref_bias, scale)
+    ref.backward(go.double())
+    assert out.dtype == q.dtype and out.shape == ref.shape
+    assert _rel(out, ref) < tol, ("out", _rel(out, ref))
+    for name, t, r in zip("qkv", leaves, ref_leaves):
+        assert t.grad.shape == r.shape and _rel(t.grad, r.grad) < tol, (name, _rel(t.grad, r.grad))
+    if bias is not None and bias_grad:
+        assert bias_in.grad.shape == bias.shape and bias_in.grad.dtype == bias.dtype
+        assert _rel(bias_in.grad, ref_bias.grad) < tol, ("bias", _rel(bias_in.grad, ref_bias.grad))
+    return out, [t.grad for t in leaves] + [bias_in.grad if bias_in is not None else None]
+
+
+# (B, H, Lq, Lk, d, d_v, bias shape, REGISTER_DBIAS_MAX, n_chunks, expected d_bias owner and mode)
+CASES = {
+    # Lq = agents: dkdv owns d_bias in registers, one chunk summing both batches in-program
+    "agent-side-regs-dkdv": (2, 2, 9, 40, 16, 32, "hqk", 64, 1, ("dkdv", bwd_module.DBIAS_REGISTERS)),
+    # Lk = agents: dq owns, registers, 4 (batch, head) members in 2 chunks of 2, partials summed
+    "query-side-regs-dq": (2, 2, 37, 9, 32, 16, "11qk", 64, 2, ("dq", bwd_module.DBIAS_REGISTERS)),
+    # both sides > one tile: dkdv read-modify-writes its partial strip over the 2 heads
+    "global-dkdv-batch-bias": (2, 2, 20, 35, 16, 16, "b1qk", 16, 1, ("dkdv", bwd_module.DBIAS_GLOBAL)),
+    # dq read-modify-writes over batch and heads, 2 chunks
+    "global-dq-2d-bias": (2, 2, 35, 20, 16, 16, "qk", 16, 2, ("dq", bwd_module.DBIAS_GLOBAL)),
+    # nothing to reduce
+    "full-bias-d64": (1, 2, 17, 17, 64, 64, "bhqk", 64, 1, ("dkdv", bwd_module.DBIAS_REGISTERS)),
+}
+
+
+def _force_split(monkeypatch, n_chunks):
+    def split(members, *_, **__):
+        per_chunk = -(-members // n_chunks)
+        return per_chunk, -(-members // per_chunk)
+
+    monkeypatch.setattr(bwd_module, "chunk_split", split)
+
+
+def _spy_owner(monkeypatch):
+    seen = []
+    for name in ("dq", "dkdv"):
+        launcher = getattr(bwd_module, f"biased_attention_bwd_{name}")
+
+        def spy(*args, _launcher=launcher, _name=name):
+            if args[-1] != bwd_module.DBIAS_NONE:
+                seen.append((_name, args[-1]))
+            return _launcher(*args)
+
+        monkeypatch.setattr(bwd_module, f"biased_attention_bwd_{name}", spy)
+    return seen
+
+
+def _bias(kind, b, h, lq, lk, dtype=torch.float32):
+    sizes = {"q": lq, "k": lk, "h": h, "b": b, "1": 1}
+    return torch.randn(tuple(sizes[c] for c in kind), dtype=dtype)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fp32_matches_float64(case, monkeypatch):
+    b, h, lq, lk, d, dv, kind, reg_max, n_chunks, owner = CASES[case]
+    monkeypatch.setattr(bwd_module, "REGISTER_DBIAS_MAX", reg_max)
+    _force_split(monkeypatch, n_chunks)
+    seen = _spy_owner(monkeypatch)
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, dv)
+    _check(q, k, v, _bias(kind, b, h, lq, lk), tol=1e-4)
+    assert seen == [owner]
+
+
+def test_global_partials_are_deterministic(monkeypatch):
+    monkeypatch.setattr(bwd_module, "REGISTER_DBIAS_MAX", 16)
+    _force_split(monkeypatch, 2)
+    q, k, v, bias = torch.randn(2, 2, 20, 16), torch.randn(2, 2, 24, 16), torch.randn(2, 2, 24, 16), torch.randn(20, 24)
+    go = torch.randn(2, 2, 20, 16)
+    (_, g1), (_, g2) = _run(q, k, v, bias, go), _run(q, k, v, bias, go)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
+
+
+def test_fp16_strided_inputs_no_bias_grad():
+    """fp16 q/k/v in the official (b, n, heads, d) -> permute layout (non-contiguous), fp32 bias without grad."""
+    b, h, n, agents, d = 2, 2, 24, 9, 16
+    x = torch.randn(b, n, 3, h, d).half()
+    q, k, v = x.unbind(2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    assert not q.is_contiguous()
+    _check(q, k, v, _bias("hqk", b, h, n, n), tol=2e-3, bias_grad=False)
+    tokens = torch.randn(b, h, agents, d).half()
+    _check(tokens, k, v, _bias("hqk", b, h, agents, n), tol=2e-3)
+
+
+def test_inf_masked_tile_and_no_bias():
+    b, h, lq, lk, d = 1, 2, 18, 40, 16
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
+    mask = torch.zeros(h, lq, lk)
+    mask[:, :, 0:16] = float("-inf")  # a whole key tile is -inf for every row: exercises the all--inf running max
+    mask[1, 3, 20:] = float("-inf")
+    out, grads = _check(q, k, v, mask, tol=1e-4, bias_grad=False)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads[:3])
+    _check(q, k, v, None, tol=1e-4, scale=0.37)
+
+
+def test_agent_attention_triton_matches_torch():
+    b, h, n, agents, d = 1, 2, 20, 12, 16
+    q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
+    tokens = torch.randn(b, h, agents, d)
+    ab, qb = torch.randn(h, agents, n), torch.randn(h, n, agents)
+    go = torch.randn(b, h, n, d)
+    results = []
+    for backend in ("triton", "torch"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, tokens, ab, qb)]
+        out = agent_attention(*leaves, backend=backend)
+        out.backward(go)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for a, r in zip(*results):
+        assert _rel(a, r.double()) < 1e-4
+
+
+def test_autocast_and_compile():
+    b, h, lq, lk, d = 1, 2, 9, 20, 16
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
+    bias = torch.randn(h, lq, lk)
+    ref = _brute(q.double(), k.double(), v.double(), bias.double(), d ** -0.5)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = biased_attention(q, k, v, bias, backend="triton")
+    assert out.dtype == torch.float16 and _rel(out, ref) < 2e-3
+
+    go = torch.randn(b, h, lq, d)
+    eager_out, eager_grads = _run(q, k, v, bias, go)
+    compiled = torch.compile(lambda *t: biased_attention(*t, backend="triton"), backend="aot_eager", fullgraph=True)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+    out = compiled(*leaves)
+    out.backward(go)
+    assert torch.equal(out.detach(), eager_out)
+    for t, g in zip(leaves, eager_grads):
+        assert torch.equal(t.grad, g)
+
+
+def test_kernel_errors():
+    q = torch.randn(1, 2, 9, 24)
+    with pytest.raises(ValueError, match="head_dim"):
+        biased_attention(q, q, q, backend="triton")
+    q = torch.randn(1, 2, 9, 16)
+    with pytest.raises(ValueError, match="v head_dim"):
+        biased_attention(q, q, torch.randn(1, 2, 9, 8), backend="triton")
+    with pytest.raises(ValueError, match="dtype"):
+        biased_attention(q.double(), q.double(), q.double(), backend="triton")
+    with pytest.raises(ValueError, match="head_dim must be one of"):
+        biased_attention_fwd(torch.randn(1, 1, 9, 8), torch.randn(1, 1, 9, 8), torch.randn(1, 1, 9, 8), None, 1.0)

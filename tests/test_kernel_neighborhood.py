@@ -1,0 +1,205 @@
+"""Triton generalized neighborhood-attention kernels (kernels/neighborhood_*.py) under TRITON_INTERPRET=1 on tiny
+shapes: output and every gradient (q, k, v, rpb, bias) against an independent float64 brute force (dense (N, N)
+attention with an explicit window mask and gathered bias), plus the torch backend for the forward; border, odd,
+dilated, strided, window, grid and uneven-window cases; poisoned outputs; errors; autocast; determinism."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vitzoo.kernels import _neighborhood_common as common  # noqa: E402
+from vitzoo.ops import neighborhood_attention_2d  # noqa: E402
+from vitzoo.ops._geometry import axis_windows  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every kernel output starts as NaN: an element a kernel fails to write shows up in the comparison."""
+    def nan_alloc(shape, device, dtype):
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+
+    monkeypatch.setattr(common, "alloc", nan_alloc)
+
+
+def brute_force(q, k, v, kernel, dilation, stride, rpb=None, bias=None, scale=None):
+    """Dense float64 attention over all H*W keys with a (N, N) window mask and a (heads, N, N) bias built from
+    _geometry's per-axis start/local (no code shared with the reference's gather loops or the kernels)."""
+    batch, height, width, heads, dim = q.shape
+    kh, kw = kernel
+    wy = axis_windows(height, kh, dilation[0], stride[0])
+    wx = axis_windows(width, kw, dilation[1], stride[1])
+    ys, xs = torch.arange(height), torch.arange(width)
+    # slot of key (ky) in query (y)'s window along each axis, or -1
+    def slots(win, pos, dil, kern):
+        rel = pos[None, :] - win.start[:, None]
+        ok = (rel >= 0) & (rel % dil == 0) & (rel // dil < kern)
+        return torch.where(ok, rel // dil, -1)
+
+    sy, sx = slots(wy, ys, dilation[0], kh), slots(wx, xs, dilation[1], kw)  # (H, H), (W, W)
+    a = sy[:, None, :, None].expand(height, width, height, width).reshape(height * width, -1)
+    b = sx[None, :, None, :].expand(height, width, height, width).reshape(height * width, -1)
+    mask = (a >= 0) & (b >= 0)  # (N, N)
+    ly = wy.local[:, None].expand(height, width).reshape(-1)
+    lx = wx.local[None, :].expand(height, width).reshape(-1)
+    scale = dim ** -0.5 if scale is None else scale
+    logits = torch.einsum("bnhd,bmhd->bhnm", q.reshape(batch, -1, heads, dim), k.reshape(batch, -1, heads, dim))
+    logits = logits * scale
+    ac, bc = a.clamp_min(0), b.clamp_min(0)
+    if rpb is not None:
+        logits = logits + rpb[:, ac - ly[:, None] + kh - 1, bc - lx[:, None] + kw - 1]
+    if bias is not None:
+        logits = logits + bias[:, (ly * kw + lx)[:, None], ac * kw + bc]
+    logits = logits.masked_fill(~mask, float("-inf"))
+    out = torch.einsum("bhnm,bmhe->bnhe", logits.softmax(-1), v.reshape(batch, -1, heads, v.shape[-1]))
+    return out.reshape(batch, height, width, heads, -1)
+
+
+def _inputs(shape, kernel, v_dim=None, rpb=False, bias=False, dtype=torch.float32, strided=False):
+    batch, height, width, heads, dim = shape
+    kh, kw = kernel
+    if strided:  # q, k, v as views into one packed (B, H, W, 3, heads, d) projection, like a qkv linear
+        qkv = torch.randn(batch, height, width, 3, heads, dim, dtype=dtype)
+        q, k, v = qkv.unbind(3)
+    else:
+        q, k = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+        v = torch.randn(batch, height, width, heads, v_dim or dim, dtype=dtype)
+    extra = [torch.randn(heads, 2 * kh - 1, 2 * kw - 1) if rpb else None,
+             torch.randn(heads, kh * kw, kh * kw) if bias else None]
+    return [q, k, v] + extra
+
+
+def _run(fn, tensors, kernel, dilation, stride, dtype, grad_out):
+    leaves = [None if t is None else t.detach().to(dtype).requires_grad_() for t in tensors]
+    q, k, v, rpb, bias = leaves
+    out = fn(q, k, v, kernel, dilation, stride, rpb, bias)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _triton(q, k, v, kernel, dilation, stride, rpb, bias):
+    return neighborhood_attention_2d(q, k, v, kernel, dilation, stride, rpb, bias, backend="triton")
+
+
+def _check(shape, kernel, dilation, stride, rpb=False, bias=False, dtype=torch.float32, v_dim=None, strided=False,
+           tol=None):
+    tensors = _inputs(shape, kernel, v_dim, rpb, bias, strided=strided)
+    grad_out = torch.randn(*shape[:4], v_dim or shape[-1], dtype=torch.float64)
+    ref_out, ref_grads = _run(brute_force, tensors, kernel, dilation, stride, torch.float64, grad_out)
+    out, grads = _run(_triton, tensors, kernel, dilation, stride, dtype, grad_out)
+    tol = tol or (2e-5 if dtype == torch.float32 else 4e-3)
+    assert out.dtype == dtype
+    names = ["out", "dq", "dk", "dv", "d_rpb", "d_bias"]
+    for name, got, ref in zip(names, [out] + grads, [ref_out] + ref_grads):
+        if ref is None:
+            assert got is None, name
+            continue
+        err = float((got.double() - ref).norm() / ref.norm())
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+    return tensors
+
+
+# (shape (B, H, W, heads, d), kernel, dilation, stride, rpb, bias)
+CASES = {
+    "na_odd_borders_rpb": ((2, 9, 11, 1, 16), (3, 3), (1, 1), (1, 1), True, False),
+    "even_kernel_dilated_strided": ((1, 9, 11, 1, 16), (2, 4), (2, 1), (1, 2), True, True),
+    "dilation3_rect": ((1, 12, 10, 2, 16), (3, 3), (3, 2), (1, 1), True, False),
+    "window_stride_eq_kernel": ((2, 8, 8, 1, 32), (4, 4), (1, 1), (4, 4), True, True),
+    "maxvit_grid": ((1, 8, 8, 1, 16), (4, 4), (2, 2), (4, 4), True, False),
+    "uneven_windows_shifted": ((1, 10, 9, 1, 16), (4, 4), (1, 1), (4, 4), False, True),
+    "stride_between": ((1, 9, 7, 1, 16), (3, 3), (1, 2), (2, 3), False, False),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_backward_fp32(name):
+    shape, kernel, dilation, stride, rpb, bias = CASES[name]
+    _check(shape, kernel, dilation, stride, rpb, bias)
+
+
+def test_fp16_strided_inputs_and_v_dim():
+    _check((1, 9, 11, 2, 32), (3, 3), (2, 1), (2, 1), rpb=True, bias=True, dtype=torch.float16, strided=True)
+    _check((1, 7, 9, 1, 16), (3, 3), (1, 1), (3, 3), dtype=torch.float16, v_dim=32)
+
+
+@pytest.mark.parametrize("kernel, dilation, stride, size", [
+    ((7, 7), (1, 1), (1, 1), (13, 15)),  # hot NAT case
+    ((13, 13), (1, 1), (1, 1), (14, 13)),  # largest kernel, odd
+    ((8, 6), (2, 1), (3, 6), (17, 9)),  # even kernels, dilation, stride up to kernel
+    ((7, 7), (1, 1), (7, 7), (14, 14)),  # 7x7 windows (one window per program)
+    ((7, 7), (2, 2), (7, 7), (14, 14)),  # MaxViT grid with 7x7 windows
+])
+def test_forward_large_kernels(kernel, dilation, stride, size):
+    """Forward only (the per-slot dq kernel costs kernel^4 interpreter steps): big kernels, both tilings."""
+    shape = (1, *size, 1, 16)
+    q, k, v, rpb, _ = _inputs(shape, kernel, rpb=True)
+    out = neighborhood_attention_2d(q, k, v, kernel, dilation, stride, rpb, backend="triton")
+    ref = brute_force(q.double(), k.double(), v.double(), kernel, dilation, stride, rpb.double())
+    torch_out = neighborhood_attention_2d(q, k, v, kernel, dilation, stride, rpb, backend="torch")
+    assert float((out.double() - ref).norm() / ref.norm()) < 2e-5
+    assert float((torch_out.double() - ref).norm() / ref.norm()) < 2e-5
+
+
+def test_backward_deterministic():
+    tensors = _inputs((1, 9, 8, 1, 16), (3, 3), rpb=True, bias=True)
+    grad_out = torch.randn(1, 9, 8, 1, 16, dtype=torch.float64)
+    first = _run(_triton, tensors, (3, 3), (1, 1), (2, 2), torch.float32, grad_out)[1]
+    second = _run(_triton, tensors, (3, 3), (1, 1), (2, 2), torch.float32, grad_out)[1]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_autocast_casts_to_one_dtype():
+    q, k, v, rpb, _ = _inputs((1, 6, 7, 1, 16), (3, 3), rpb=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = neighborhood_attention_2d(q, k.half(), v, 3, rpb=rpb, backend="triton")
+    assert out.dtype == torch.float16
+    ref = brute_force(q.double(), k.double(), v.double(), (3, 3), (1, 1), (1, 1), rpb.double())
+    assert float((out.double() - ref).norm() / ref.norm()) < 4e-3
+
+
+def test_fake_tensor_shapes():
+    """The custom op's fake implementation (what torch.compile traces) gives the real output's shape and dtype."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 14, 14, 3, 32, dtype=torch.bfloat16)
+        out, lse = torch.ops.vitzoo.neighborhood_attention_2d_fwd(q, q, q, None, None, [7, 7], [1, 1], [1, 1], 0.1)
+        grads = torch.ops.vitzoo.neighborhood_attention_2d_bwd(q, q, q, q, out, lse, None, None, [7, 7], [1, 1],
+                                                               [1, 1], 0.1)
+    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 3, 14, 14)
+    assert [g.shape for g in grads[:3]] == [q.shape] * 3
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """torch.compile traces the op (fake impl + registered autograd) without graph breaks; grads match eager."""
+    q, k, v, rpb, _ = _inputs((1, 6, 7, 1, 16), (3, 3), rpb=True)
+    leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
+
+    def loss(q, k, v, rpb):
+        return (neighborhood_attention_2d(q, k, v, 3, rpb=rpb, backend="triton") ** 2).sum()
+
+    torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves).backward()
+    compiled = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    loss(*leaves).backward()
+    for a, t in zip(compiled, leaves):
+        torch.testing.assert_close(a, t.grad)
+
+
+@pytest.mark.parametrize("q_shape, v_dim, dtype, match", [
+    ((1, 8, 8, 1, 8), 8, torch.float32, "head_dim"),
+    ((1, 8, 8, 1, 48), 48, torch.float32, "head_dim"),
+    ((1, 8, 8, 1, 16), 24, torch.float32, "value head_dim"),
+    ((1, 8, 8, 1, 16), 16, torch.float64, "dtype"),
+])
+def test_unsupported_calls_raise(q_shape, v_dim, dtype, match):
+    q = torch.randn(q_shape, dtype=dtype)
+    v = torch.randn(*q_shape[:4], v_dim, dtype=dtype)
+    with pytest.raises(ValueError, match=match):
+        neighborhood_attention_2d(q, q, v, 3, backend="triton")
+    # "auto" on CPU tensors never picks Triton; it must still give the torch result without raising
+    out = neighborhood_attention_2d(q, q, v, 3, backend="auto")
+    assert out.shape == (*q_shape[:4], v_dim)

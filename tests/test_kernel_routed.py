@@ -1,0 +1,177 @@
+"""Triton kernels of bi-level routing attention (BiFormer) under the CPU interpreter (TRITON_INTERPRET=1, set by
+conftest.py): output and dq/dk/dv vs the float64 torch reference on tiny shapes covering every tile layout (packed
+small regions, several routed regions per step, chunked big regions), padding, fully-padded regions and topk = all;
+the custom op end to end (autograd, torch.compile tracing, opcheck); the inverse-routing CSR; the tile pruning."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest.py sets it too)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vitzoo.kernels._routed_common import MIN_DOT, next_pow2, tile_layout  # noqa: E402
+from vitzoo.kernels.routed_bwd import inverse_routing, routed_bwd  # noqa: E402
+from vitzoo.kernels.routed_fwd import routed_fwd  # noqa: E402
+from vitzoo.ops import route_regions, routed_attention, routed_attention_torch  # noqa: E402
+
+
+def _cfg(big, small, groups, slots, big_name="BLOCK_M", small_name="BLOCK_N"):
+    return {big_name: big, small_name: small, "GROUPS": groups, "SLOTS": slots}
+
+
+# (B, H, W, heads, d, d_v, n_win, topk, dtype, fwd config, dq config, dkdv config)
+CASES = {
+    # 3x2 regions (T=6): two query regions per tile; two routed regions per step; padded rows and columns
+    "packed_pad_fp32": (1, 7, 5, 1, 16, 16, 3, 2, torch.float32, _cfg(16, 32, 2, 2), _cfg(16, 16, 2, 1),
+                        _cfg(16, 32, 2, 2, "BLOCK_N", "BLOCK_M")),
+    # 2x2 regions, a fully padded region row, topk = all 16 regions, 2 heads
+    "topk_all_fp32": (1, 5, 7, 2, 16, 16, 4, 16, torch.float32, _cfg(16, 64, 4, 4), _cfg(16, 16, 4, 1),
+                      _cfg(16, 64, 4, 4, "BLOCK_N", "BLOCK_M")),
+    # one 6x5 region (T=30 > 16): query tiles and key chunks; head dims 24 / 20 padded to 32 in registers
+    "chunked_fp16": (2, 6, 5, 1, 24, 20, 1, 1, torch.float16, _cfg(16, 16, 1, 1), _cfg(16, 16, 1, 1),
+                     _cfg(16, 16, 1, 1, "BLOCK_N", "BLOCK_M")),
+    # 3x3 regions (T=9), topk=3 with two slots per step (the last step half masked)
+    "slots_fp16": (1, 9, 9, 2, 32, 32, 3, 3, torch.float16, _cfg(16, 32, 1, 2), _cfg(16, 16, 1, 1),
+                   _cfg(16, 32, 1, 2, "BLOCK_N", "BLOCK_M")),
+    # autotuned path (the interpreter keeps the first legal config), T=12, topk=1
+    "autotuned_fp32": (1, 8, 6, 1, 16, 16, 2, 1, torch.float32, None, None, None),
+}
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Kernel outputs start as NaN, so an element a kernel forgets to write fails the comparison."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_fill(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: nan_fill(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: nan_fill(empty_like(*a, **kw)))
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernels_match_reference(name, poisoned_empty):
+    batch, height, width, heads, d, dv, n_win, topk, dtype, fwd_cfg, dq_cfg, dkdv_cfg = CASES[name]
+    q, k = (torch.randn(batch, height, width, heads, d).to(dtype) for _ in range(2))
+    v = torch.randn(batch, height, width, heads, dv).to(dtype)
+    index = route_regions(q, k, n_win, topk)
+    scale = 0.3
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = routed_attention_torch(*leaves, n_win, topk, scale, index=index)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+
+    out, lse = routed_fwd(q, k, v, index, n_win, scale, config=fwd_cfg)
+    dq, dk, dv_ = routed_bwd(grad.to(dtype), q, k, v, out, lse, index, n_win, scale, dq_config=dq_cfg,
+                             dkdv_config=dkdv_cfg)
+    assert out.dtype == dtype and dq.dtype == dtype and lse.dtype == torch.float32
+    for what, got, want in (("out", out, ref), ("dq", dq, leaves[0].grad), ("dk", dk, leaves[1].grad),
+                            ("dv", dv_, leaves[2].grad)):
+        err = _rel(got, want)
+        assert err < TOL[dtype], f"{name} {what}: relative error {err:.2e}"
+
+
+def test_custom_op_autograd_compile_and_opcheck():
+    q, k, v = (torch.randn(1, 5, 7, 1, 16, requires_grad=True) for _ in range(3))
+    out, index = routed_attention(q, k, v, 4, 3, backend="triton", return_routing=True)
+    ref = routed_attention(q, k, v, 4, 3, backend="torch")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+    compiled = torch.compile(lambda a, b, c: routed_attention(a, b, c, 4, 3, backend="triton"), backend="aot_eager",
+                             fullgraph=True)
+    out_c = compiled(q, k, v)
+    torch.testing.assert_close(out_c, out)
+    for g, w in zip(torch.autograd.grad(out_c, (q, k, v), grad), got):
+        torch.testing.assert_close(g, w)
+
+    from vitzoo.ops._routed_triton import _fwd
+
+    torch.library.opcheck(_fwd, (q.detach(), k.detach(), v.detach(), index, 4, 0.25),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_inverse_routing_csr():
+    index = torch.stack([torch.randperm(9)[:4] for _ in range(2 * 9)]).reshape(2, 9, 4)
+    offsets, query_regions = inverse_routing(index)
+    assert offsets.dtype == torch.int32 and query_regions.dtype == torch.int32
+    for b in range(2):
+        for r in range(9):
+            want = [qr for qr in range(9) if r in index[b, qr].tolist()]
+            lo, hi = offsets[b * 9 + r].item(), offsets[b * 9 + r + 1].item()
+            assert query_regions[lo:hi].tolist() == want
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8, 16, 64, 1024])
+def test_tile_layouts_are_gpu_legal(tp):
+    """Every kept layout gives tl.dot dims >= 16, power-of-two token slots, and covers whole regions."""
+    kept = 0
+    for stationary in (16, 32, 64, 128):
+        for streamed in (16, 32, 64, 128):
+            layout = tile_layout(stationary, streamed, tp, max_slots=4)
+            if layout is None:
+                continue
+            kept += 1
+            groups, slots = layout
+            tok_s, share = stationary // groups, streamed // groups
+            tok_n = share // slots
+            assert stationary >= MIN_DOT and streamed >= MIN_DOT
+            assert tok_s == min(stationary, tp) and tok_s * groups == stationary
+            assert tok_n == next_pow2(tok_n) and tok_n * slots * groups == streamed and tok_n <= tp
+            assert slots <= 4
+    assert kept > 0
+
+
+_SM90_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from vitzoo.kernels import routed_bwd, routed_bwd_dq, routed_fwd
+
+def cfg(big, small, groups, slots, big_name="BLOCK_M", small_name="BLOCK_N"):
+    return {big_name: big, small_name: small, "GROUPS": groups, "SLOTS": slots}
+
+for kernel, layout in ((routed_fwd._routed_fwd_kernel, cfg(16, 64, 4, 4)),
+                       (routed_bwd_dq._routed_bwd_dq_kernel, cfg(16, 32, 4, 2)),
+                       (routed_bwd._routed_bwd_dkdv_kernel, cfg(16, 64, 4, 4, "BLOCK_N", "BLOCK_M")),
+                       (routed_fwd._routed_fwd_kernel, cfg(64, 32, 1, 1))):
+    fn = kernel.fn
+    consts = dict(layout, TP=4 if layout["GROUPS"] > 1 else 64, BLOCK_D=32, BLOCK_DV=64, DOT_PREC="tf32")
+    pointers = fn.arg_names[:[n.startswith("stride") for n in fn.arg_names].index(True)]
+    signature = {}
+    for name in fn.arg_names:
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name in ("IDX", "OFFSETS", "QLIST"):
+            signature[name] = "*i32"
+        elif name in ("LSE", "DELTA"):
+            signature[name] = "*fp32"
+        elif name in pointers:
+            signature[name] = "*bf16"
+        else:
+            signature[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts)
+    assert triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90_bf16():
+    """The interpreter accepts more than a GPU and cannot run bf16 dots: compile every kernel for an H100 (sm_90) in
+    bf16, packed small regions and a plain tile (ptxas runs on the CPU; a subprocess, since the interpreter replaces
+    triton.jit in this one)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    done = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

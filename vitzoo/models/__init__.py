@@ -1,0 +1,5 @@
+"""vitzoo model families; importing this package registers every model with timm."""
+from . import nat  # noqa: F401  NAT / DiNAT
+from . import maxvit  # noqa: F401  MaxViT (vz_maxvit_*)
+from . import davit  # noqa: F401  DaViT (vz_davit_*)
+from . import biformer  # noqa: F401  BiFormer (biformer_t / biformer_s / biformer_b)

@@ -1,0 +1,8 @@
+"""vitzoo's attention-op layer: one public function per attention pattern, each with a pure-torch reference,
+autograd, and a Triton backend chosen by ``backend="auto" | "torch" | "triton"`` (env ``VITZOO_ATTN_BACKEND``)."""
+from ._backend import BACKENDS, ENV_VAR, resolve_backend
+from .neighborhood import neighborhood_attention_2d, neighborhood_attention_2d_torch
+from .biased import biased_attention, biased_attention_torch
+from .agent import agent_attention, agent_pool, agent_biases, agent_swin_biases, agent_pvt_biases, AgentBiases
+from .halo import halo_attention_2d, halo_attention_2d_torch
+from .routed import route_regions, routed_attention, routed_attention_torch

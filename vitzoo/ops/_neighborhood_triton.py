@@ -1,0 +1,173 @@
+"""Triton backend of :func:`vitzoo.ops.neighborhood_attention_2d` (generalized neighborhood attention; Hassani et al.,
+"Neighborhood Attention Transformer", CVPR 2023; "Dilated Neighborhood Attention Transformer", 2022).
+
+Registered as two ``torch.library.custom_op`` s (forward, backward) with fake implementations and autograd, so
+``torch.compile`` traces models that use it as opaque kernels. Kernels: ``kernels/neighborhood_fwd.py`` (output +
+log-sum-exp), ``kernels/neighborhood_bwd_dq.py`` (dq, delta, per-work-item bias-gradient partials) and
+``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Every gradient is deterministic: no atomics anywhere; the rpb / dense
+bias gradients are reduced from the dq kernel's partials by a fixed one-hot matmul in float64 on the host.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+import torch
+
+from ._geometry import axis_windows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .neighborhood import NeighborhoodArgs
+
+__all__ = ["unsupported_reason", "neighborhood_attention_2d_triton", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _op_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype:
+    """The one dtype q, k, v run in: the autocast dtype when autocast is on for their device, else their promotion."""
+    device_type = q.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - torch < 2.4
+        enabled = device_type == "cuda" and torch.is_autocast_enabled()
+    if enabled:
+        try:
+            return torch.get_autocast_dtype(device_type)
+        except AttributeError:  # pragma: no cover - torch < 2.4
+            return torch.get_autocast_gpu_dtype()
+    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+
+
+def unsupported_reason(q, k, v, args: "NeighborhoodArgs", rpb, bias) -> Optional[str]:
+    """None when the Triton kernels handle this call, else why not (head_dim, dtype, device)."""
+    if args.head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"head_dim (q.shape[-1]) must be one of {SUPPORTED_HEAD_DIMS}, got {args.head_dim}"
+    if args.v_dim not in SUPPORTED_HEAD_DIMS:
+        return f"value head_dim (v.shape[-1]) must be one of {SUPPORTED_HEAD_DIMS}, got {args.v_dim}"
+    dtype = _op_dtype(q, k, v)
+    if dtype not in SUPPORTED_DTYPES:
+        return f"q, k, v dtype must be one of float16, bfloat16, float32, got {dtype}"
+    devices = {t.device for t in (q, k, v, rpb, bias) if t is not None}
+    if len(devices) != 1:
+        return f"q, k, v, rpb and bias must live on one device, got {sorted(str(d) for d in devices)}"
+    for name, t in (("rpb", rpb), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            return f"{name} must be a floating-point tensor, got {t.dtype}"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _dq_tables(batch: int, height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int],
+               stride: Tuple[int, int], block_m: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Work list of the dq kernel: queries grouped by their local window slot (ly, lx) ("class"), per axis sorted by
+    that slot; each work item is (class, first flat (batch, row, col) index) with ``block_m`` queries. Also the
+    (classes, work items) one-hot that sums per-work-item partials into per-class ones in a fixed order."""
+    tables = []
+    counts = []
+    for length, kern, dil, st in zip((height, width), kernel, dilation, stride):
+        local = axis_windows(length, kern, dil, st).local
+        count = torch.bincount(local, minlength=kern)
+        tables += [torch.argsort(local, stable=True), torch.cat([count.new_zeros(1), count.cumsum(0)])]
+        counts.append(count)
+    n_class = (batch * counts[0][:, None] * counts[1][None, :]).reshape(-1)
+    chunks = (n_class + block_m - 1) // block_m
+    cls = torch.repeat_interleave(torch.arange(n_class.numel()), chunks)
+    first_item = chunks.cumsum(0) - chunks
+    item = torch.arange(cls.numel())
+    work = torch.stack([cls, (item - first_item[cls]) * block_m], 1)
+    onehot = torch.zeros(n_class.numel(), cls.numel(), dtype=torch.float64)
+    onehot[cls, item] = 1.0
+    return tuple(t.to(device=device, dtype=torch.int32) for t in [work] + tables) + (onehot.to(device),)
+
+
+def _rpb_from_slots(grad: torch.Tensor, kernel: Tuple[int, int]) -> torch.Tensor:
+    """Map a (heads, kh*kw [query slot], kh*kw [key slot]) gradient onto the (heads, 2kh-1, 2kw-1) rpb table
+    (index key - query + k - 1 per axis) with two tiny one-hot contractions (deterministic, no scatter)."""
+    kh, kw = kernel
+
+    def one_hot(n: int) -> torch.Tensor:  # [local, slot, slot - local + n - 1]
+        rel = torch.arange(n, device=grad.device)[None, :] - torch.arange(n, device=grad.device)[:, None] + n - 1
+        return torch.nn.functional.one_hot(rel, 2 * n - 1).to(grad.dtype)
+
+    return torch.einsum("hyxab,yao,xbp->hop", grad.view(-1, kh, kw, kh, kw), one_hot(kh), one_hot(kw))
+
+
+@torch.library.custom_op("vitzoo::neighborhood_attention_2d_fwd", mutates_args=())
+def _nbr_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
+             bias: Optional[torch.Tensor], kernel_size: List[int], dilation: List[int], stride: List[int],
+             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd
+
+    return neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
+
+
+@_nbr_fwd.register_fake
+def _nbr_fwd_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale):
+    batch, height, width, heads, _ = q.shape
+    out = q.new_empty((batch, height, width, heads, v.shape[-1]))
+    return out, q.new_empty((batch, heads, height, width), dtype=torch.float32)
+
+
+@torch.library.custom_op("vitzoo::neighborhood_attention_2d_bwd", mutates_args=())
+def _nbr_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             lse: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel_size: List[int],
+             dilation: List[int], stride: List[int], scale: float
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, d_rpb, d_bias); d_rpb / d_bias are empty tensors when rpb / bias is None."""
+    from vitzoo.kernels.neighborhood_bwd_dkdv import neighborhood_bwd_dkdv
+    from vitzoo.kernels.neighborhood_bwd_dq import DQ_BLOCK_M, neighborhood_bwd_dq
+
+    kernel, dil, st = tuple(kernel_size), tuple(dilation), tuple(stride)
+    batch, height, width = q.shape[:3]
+    work, order_y, seg_y, order_x, seg_x, onehot = _dq_tables(batch, height, width, kernel, dil, st, DQ_BLOCK_M,
+                                                              q.device)
+    dq, delta, gpart = neighborhood_bwd_dq(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, scale,
+                                           work, order_y, seg_y, order_x, seg_x)
+    dk, dv = neighborhood_bwd_dkdv(grad_out, q, k, v, lse, delta, rpb, bias, kernel, dil, st, scale)
+    d_rpb, d_bias = q.new_empty(0), q.new_empty(0)  # distinct tensors: custom-op outputs may not alias
+    if gpart is not None:
+        n_slots = kernel[0] * kernel[1]
+        slot_grad = torch.matmul(onehot, gpart.double())[..., :n_slots]  # (heads, query slot, key slot)
+        if bias is not None:
+            d_bias = slot_grad.to(bias.dtype)
+        if rpb is not None:
+            d_rpb = _rpb_from_slots(slot_grad, kernel).to(rpb.dtype)
+    return dq, dk, dv, d_rpb, d_bias
+
+
+@_nbr_bwd.register_fake
+def _nbr_bwd_fake(grad_out, q, k, v, out, lse, rpb, bias, kernel_size, dilation, stride, scale):
+    d_rpb = torch.empty_like(rpb) if rpb is not None else q.new_empty(0)
+    d_bias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), d_rpb, d_bias
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, rpb, bias, kernel_size, dilation, stride, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rpb, bias, out, lse)
+    ctx.params = (kernel_size, dilation, stride, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, rpb, bias, out, lse = ctx.saved_tensors
+    dq, dk, dv, d_rpb, d_bias = torch.ops.vitzoo.neighborhood_attention_2d_bwd(
+        grad_out, q, k, v, out, lse, rpb, bias, *ctx.params)
+    return (dq, dk, dv, d_rpb if rpb is not None else None, d_bias if bias is not None else None,
+            None, None, None, None)
+
+
+_nbr_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bias) -> torch.Tensor:
+    """Run the Triton kernels on validated arguments (see :func:`vitzoo.ops.neighborhood_attention_2d`); q, k, v are
+    cast to one dtype (the autocast dtype under autocast)."""
+    dtype = _op_dtype(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    out, _ = torch.ops.vitzoo.neighborhood_attention_2d_fwd(
+        q, k, v, rpb, bias, list(args.kernel), list(args.dilation), list(args.stride), args.scale)
+    return out

@@ -1,0 +1,173 @@
+"""Agent attention (Han et al., "Agent Attention: On the Integration of Softmax and Linear Attention", ECCV 2024;
+official code LeapLabTHU/Agent-Attention) as two biased dense attentions, plus the helpers that turn the official
+module's parameters into the two dense biases, so official checkpoints load unchanged.
+
+Mirrors ``AgentAttention.forward`` of ``agent_transformer/models/agent_swin.py`` and ``agent_pvt.py`` from the
+agent pooling up to ``x = q_attn @ agent_v`` (the depthwise-conv term ``dwc(v)``, the projections and dropout stay in
+the model). Naming: the official ``position_bias`` (agents -> keys) is our ``agent_bias``; the official
+``agent_bias`` (queries -> agents) is our ``query_bias``.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .biased import biased_attention
+
+__all__ = ["agent_attention", "agent_pool", "AgentBiases", "agent_biases", "agent_swin_biases", "agent_pvt_biases"]
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(value: IntPair, name: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(int(x) for x in value)
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def agent_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    agent_tokens: torch.Tensor,
+    agent_bias: Optional[torch.Tensor] = None,
+    query_bias: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Agent attention: agents gather from the keys, then the queries read from the agents.
+
+    Args:
+        q: (B, heads, N, d) queries. k: (B, heads, Nk, d), v: (B, heads, Nk, d_v) (Nk = N / sr_ratio**2 in
+            Agent-PVT). agent_tokens: (B, heads, n_agent, d) (official: :func:`agent_pool` of q).
+        agent_bias: logit bias of the agent -> key attention, (heads, n_agent, Nk) or anything
+            :func:`~vitzoo.ops.biased.biased_attention` broadcasts (official ``position_bias``).
+        query_bias: logit bias of the query -> agent attention, (heads, N, n_agent) or broadcastable (official
+            ``agent_bias``).
+        scale: default ``d ** -0.5`` (official ``head_dim ** -0.5``).
+        backend: "auto" | "torch" | "triton", for both stages.
+
+    Semantics (official numerics)::
+
+        agent_v = softmax(scale * agent_tokens @ k^T + agent_bias) @ v          # (B, heads, n_agent, d_v)
+        out     = softmax(scale * q @ agent_tokens^T + query_bias) @ agent_v    # (B, heads, N, d_v)
+
+    Every input, both biases included, gets its gradient.
+    """
+    if not isinstance(agent_tokens, torch.Tensor) or agent_tokens.dim() != 4 or q.dim() != 4 \
+            or agent_tokens.shape[:2] != q.shape[:2] or agent_tokens.shape[3] != q.shape[3]:
+        raise ValueError(
+            "agent_attention: agent_tokens must be (B, heads, n_agent, head_dim) matching q's (B, heads) and head_dim "
+            f"{tuple(q.shape[:2]) + (q.shape[-1],)}, got "
+            f"{tuple(agent_tokens.shape) if isinstance(agent_tokens, torch.Tensor) else type(agent_tokens).__name__}")
+    agent_v = biased_attention(agent_tokens, k, v, agent_bias, scale=scale, backend=backend)
+    return biased_attention(q, agent_tokens, agent_v, query_bias, scale=scale, backend=backend)
+
+
+def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tensor:
+    """Agent tokens by adaptive average pooling of the queries over their (h, w) token grid.
+
+    Mirrors the official ``agent_tokens = self.pool(q.reshape(b, h, w, c).permute(0, 3, 1, 2)).reshape(b, c, -1)
+    .permute(0, 2, 1)`` followed by the per-head split, with
+    ``self.pool = nn.AdaptiveAvgPool2d(int(agent_num ** 0.5))``.
+
+    Args:
+        q: (B, heads, N, d) with N = h * w (row-major token order).
+        size: (h, w) of the token grid (Agent-Swin: the window; Agent-PVT: the stage's H, W).
+        agent_num: a perfect square (the official models: 9, 16, 49) or an explicit (ph, pw) pooled grid.
+
+    Returns (B, heads, ph * pw, d), agents in row-major order of the pooled grid.
+    """
+    h, w = _pair(size, "size")
+    if isinstance(agent_num, int):
+        side = math.isqrt(agent_num) if agent_num > 0 else 0
+        if side * side != agent_num:
+            raise ValueError(f"agent_pool: agent_num must be a perfect square (the official pool is "
+                             f"int(agent_num ** 0.5) squared) or a (ph, pw) pair, got {agent_num}")
+        pooled = (side, side)
+    else:
+        pooled = _pair(agent_num, "agent_num")
+    if q.dim() != 4 or q.shape[2] != h * w:
+        raise ValueError(f"agent_pool: q must be (B, heads, h*w={h * w}, d), got {tuple(q.shape)}")
+    batch, heads, _, dim = q.shape
+    grid = q.transpose(-1, -2).reshape(batch, heads * dim, h, w)
+    agents = F.adaptive_avg_pool2d(grid, pooled)
+    return agents.reshape(batch, heads, dim, pooled[0] * pooled[1]).transpose(-1, -2)
+
+
+class AgentBiases(NamedTuple):
+    """The two dense logit biases of one Agent-attention call (order = the official ``(position_bias, agent_bias)``).
+
+    agent_bias: (heads, n_agent, Nk), the agent -> key bias (official ``position_bias``).
+    query_bias: (heads, N, n_agent), the query -> agent bias (official ``agent_bias``).
+    """
+
+    agent_bias: torch.Tensor
+    query_bias: torch.Tensor
+
+
+def _check_param(t: torch.Tensor, name: str, shape: tuple) -> None:
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must have shape {shape}, got {got}")
+
+
+def agent_biases(an_bias: torch.Tensor, na_bias: torch.Tensor, ah_bias: torch.Tensor, aw_bias: torch.Tensor,
+                 ha_bias: torch.Tensor, wa_bias: torch.Tensor, q_size: IntPair, kv_size: IntPair) -> AgentBiases:
+    """Dense biases from the official parameters for a (qh, qw) query grid and a (kh, kw) key grid.
+
+    Official parameter shapes (``A`` = agent_num; the 7 x 7 is any (s, t)):
+    an_bias, na_bias (heads, A, 7, 7); ah_bias (1, heads, A, kh, 1); aw_bias (1, heads, A, 1, kw);
+    ha_bias (1, heads, qh, 1, A); wa_bias (1, heads, 1, qw, A).
+
+    Computes, exactly as the official forward (bilinear, ``align_corners=False``, before its ``.repeat(b, 1, 1, 1)``)::
+
+        agent_bias = interpolate(an_bias, (kh, kw)).reshape(heads, A, kh*kw) + (ah_bias + aw_bias).reshape(heads, A, -1)
+        query_bias = interpolate(na_bias, (qh, qw)).reshape(heads, A, qh*qw).transpose(-1, -2)
+                     + (ha_bias + wa_bias).reshape(heads, qh*qw, A)
+    """
+    qh, qw = _pair(q_size, "q_size")
+    kh, kw = _pair(kv_size, "kv_size")
+    for name, t in (("an_bias", an_bias), ("na_bias", na_bias)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be (heads, agent_num, s, t) (official: s = t = 7), got {got}")
+    heads, agents = an_bias.shape[:2]
+    if na_bias.shape[:2] != an_bias.shape[:2]:
+        raise ValueError(f"na_bias must be (heads={heads}, agent_num={agents}, s, t), got {tuple(na_bias.shape)}")
+    _check_param(ah_bias, "ah_bias", (1, heads, agents, kh, 1))
+    _check_param(aw_bias, "aw_bias", (1, heads, agents, 1, kw))
+    _check_param(ha_bias, "ha_bias", (1, heads, qh, 1, agents))
+    _check_param(wa_bias, "wa_bias", (1, heads, 1, qw, agents))
+    agent_side = F.interpolate(an_bias, size=(kh, kw), mode="bilinear", align_corners=False)
+    agent_bias = agent_side.reshape(heads, agents, kh * kw) + (ah_bias + aw_bias).reshape(heads, agents, kh * kw)
+    query_side = F.interpolate(na_bias, size=(qh, qw), mode="bilinear", align_corners=False)
+    query_bias = (query_side.reshape(heads, agents, qh * qw).transpose(-1, -2)
+                  + (ha_bias + wa_bias).reshape(heads, qh * qw, agents))
+    return AgentBiases(agent_bias, query_bias)
+
+
+def agent_swin_biases(an_bias, na_bias, ah_bias, aw_bias, ha_bias, wa_bias, window_size: IntPair) -> AgentBiases:
+    """Biases of Agent-Swin's ``AgentAttention`` (``agent_transformer/models/agent_swin.py``): queries and keys
+    are the same (window_h, window_w) window, so both interpolations target ``window_size``."""
+    return agent_biases(an_bias, na_bias, ah_bias, aw_bias, ha_bias, wa_bias, window_size, window_size)
+
+
+def agent_pvt_biases(an_bias, na_bias, ah_bias, aw_bias, ha_bias, wa_bias, window_size: IntPair,
+                     sr_ratio: int = 1) -> AgentBiases:
+    """Biases of Agent-PVT's ``AgentAttention`` (``agent_transformer/models/agent_pvt.py``): ``window_size`` is the
+    module's (sqrt(num_patches), sqrt(num_patches)); keys are spatially reduced, so the agent -> key bias is
+    interpolated to ``kv_size = window_size // sr_ratio`` and ah/aw_bias have that size; queries keep
+    ``window_size``. (The downstream detection/segmentation variant, which re-interpolates to the runtime H, W and
+    to a different agent grid, is not covered.)"""
+    wh, ww = _pair(window_size, "window_size")
+    if not isinstance(sr_ratio, int) or sr_ratio < 1:
+        raise ValueError(f"sr_ratio must be a positive int, got {sr_ratio!r}")
+    return agent_biases(an_bias, na_bias, ah_bias, aw_bias, ha_bias, wa_bias, (wh, ww),
+                        (wh // sr_ratio, ww // sr_ratio))
