@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl  # noqa: F401  (the interpreter needs it in the globals of region_tokens)
 
+from ._tuning import autotune_enabled
+
 __all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "dot_precision", "next_pow2", "MIN_DOT",
            "MAX_HEAD_DIM"]
 
@@ -69,8 +71,8 @@ def tile_layout(stationary_block: int, streamed_block: int, tp: int, max_slots: 
 
 def layout_pruner(stationary: str, streamed: str, slots_arg: str, interpret: bool) -> Callable:
     """``early_config_prune`` for ``triton.autotune``: keeps the configs whose tile layout is sensible for this
-    call's ``TP`` and adds the derived ``GROUPS``/``SLOTS`` constexprs. Under the interpreter keep one config (no
-    benchmarking on CPU)."""
+    call's ``TP`` and adds the derived ``GROUPS``/``SLOTS`` constexprs. Under the interpreter or with
+    VITZOO_AUTOTUNE=0 keep one config (no benchmarking)."""
 
     def prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
@@ -86,7 +88,7 @@ def layout_pruner(stationary: str, streamed: str, slots_arg: str, interpret: boo
             kw = {stationary: max(MIN_DOT, min(tp, 64)), streamed: MIN_DOT}
             groups, slots = tile_layout(kw[stationary], kw[streamed], tp, 1 << 30)
             out = [triton.Config(dict(kw, GROUPS=groups, SLOTS=slots), num_warps=4, num_stages=2)]
-        return out[:1] if interpret else out
+        return out[:1] if (interpret or not autotune_enabled()) else out
 
     return prune
 

@@ -12,7 +12,7 @@ import torch
 
 from ._bench_utils import hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
 from ._halo_common import TUNING
-from ._halo_timm import TimmHaloCore, to_timm_layout
+from ._competitor_halo_timm import TimmHaloCore, to_timm_layout
 from .halo_attention_bwd import halo_attention_bwd
 from .halo_attention_fwd import halo_attention_fwd
 

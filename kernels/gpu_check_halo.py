@@ -12,7 +12,7 @@ import torch
 
 from ._bench_utils import rel_err, row
 from ._halo_common import TUNING
-from ._halo_timm import TimmHaloCore, from_timm_layout, to_timm_layout
+from ._competitor_halo_timm import TimmHaloCore, from_timm_layout, to_timm_layout
 from .halo_attention_bwd import halo_attention_bwd
 from .halo_attention_fwd import halo_attention_fwd
 

@@ -188,9 +188,9 @@ def test_bad_arguments_raise(over, match):
 
 @pytest.mark.parametrize("case", [(2, 8, 12, 2, 5, 7, 4, 2, 1, True), (1, 8, 8, 2, 4, 6, 4, 1, 2, True)])
 def test_benchmark_timm_core_matches_reference(case):
-    """kernels/_halo_timm.py (timm's HaloAttn core on given q/kv: the bench competitor and the GPU check's
+    """kernels/_competitor_halo_timm.py (timm's HaloAttn core on given q/kv: the bench competitor and the GPU check's
     same-precision baseline) computes the op's semantics."""
-    from vitzoo.kernels._halo_timm import timm_halo_attention
+    from vitzoo.kernels._competitor_halo_timm import timm_halo_attention
 
     *_, block, halo, stride, rel = case
     q, k, v, rel_h, rel_w = _inputs(*case)

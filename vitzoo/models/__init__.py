@@ -3,3 +3,5 @@ from . import nat  # noqa: F401  NAT / DiNAT
 from . import maxvit  # noqa: F401  MaxViT (vz_maxvit_*)
 from . import davit  # noqa: F401  DaViT (vz_davit_*)
 from . import biformer  # noqa: F401  BiFormer (biformer_t / biformer_s / biformer_b)
+from . import efficientvit_msra  # noqa: F401  EfficientViT-MSRA (vz_efficientvit_m0 ... vz_efficientvit_m5)
+from . import halonet  # noqa: F401  HaloNet (vz_halonet26t / vz_halonet50ts / vz_halonet_h1)

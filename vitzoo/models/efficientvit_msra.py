@@ -372,7 +372,7 @@ class EfficientVitMsraVz(nn.Module):
                 raise ValueError("global_pool='' needs num_classes=0")
             self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True) if global_pool else nn.Identity()
         ref = next(self.stages.parameters())
-        self.head = NormLinear(self.num_features, num_classes, drop=self.drop_rate) if num_classes > 0 else nn.Identity()
+        self.head = NormLinear(self.num_features, num_classes, drop=self.drop_rate) if num_classes else nn.Identity()
         self.head.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
     def forward_intermediates(

@@ -1,0 +1,32 @@
+"""model_cards/: one generated card per registered vitzoo model, numbers straight from the measurements file."""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import make_cards  # noqa: E402
+
+
+def test_every_model_has_a_card_and_every_card_a_model():
+    names = set(make_cards.vitzoo_models())
+    cards = {f[:-3] for f in os.listdir(os.path.join(ROOT, "model_cards")) if f.endswith(".md")}
+    assert names, "no vitzoo models registered"
+    assert names == cards, f"missing cards: {names - cards}; cards of unknown models: {cards - names}"
+
+
+def test_cards_and_readme_table_are_exactly_what_the_measurements_give():
+    """Regenerates every card and the README zoo table from the measurements file: no hand-edited figure survives."""
+    assert make_cards.main(["--check"]) == 0
+
+
+def test_card_numbers_match_the_measurements_file():
+    path = make_cards.latest_measurements()
+    rows = {r["model"]: r for r in json.load(open(path))["rows"]}
+    measured = [n for n in make_cards.vitzoo_models() if n in rows and rows[n].get("infer_img_s")]
+    assert measured, "the measurements file has no vitzoo model"
+    for name in measured:
+        text = open(os.path.join(ROOT, "model_cards", f"{name}.md")).read()
+        line = next(l for l in text.splitlines() if l.startswith(f"| vitzoo `{name}`"))
+        assert f"| {rows[name]['infer_img_s']:.0f} |" in line and f"| {rows[name]['train_img_s']:.0f} |" in line

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Generate ``model_cards/<name>.md`` for every registered vitzoo model and the README zoo table, from measurements.
+
+    python tools/make_cards.py [--measurements model_cards/measurements/h100_2026-11-23.json] [--check]
+
+Numbers come only from the measurements file (written by ``tools/benchmark.py`` on the GPU) and from the models
+themselves (exact parameter counts, pretrained_cfg); the papers' ImageNet-1K top-1 is cited from ``REPORTED`` and
+marked as reported. ``--check`` regenerates in memory and fails if any card or the README table differs (CI test).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import glob
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+import timm  # noqa: E402
+from timm.models._registry import _model_entrypoints  # noqa: E402
+
+import vitzoo  # noqa: E402,F401
+
+CARDS_DIR = os.path.join(ROOT, "model_cards")
+README = os.path.join(ROOT, "README.md")
+TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+# Family text: one paragraph, paper, official code. The reference is what the benchmark compares against.
+FAMILIES = {
+    "biformer": dict(
+        title="BiFormer", paper="BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023)",
+        code="https://github.com/rayleizhu/BiFormer", reference="official BiFormer code (eager; team anchor)",
+        text="Four-stage hierarchical transformer. Stages 1-3 use bi-level routing attention: the map is split into "
+             "n_win x n_win regions, region means of q and k pick the top-k key regions per query region (shared by "
+             "all heads), and tokens attend to the tokens of those regions, plus a 5x5 depthwise conv on V (LCE). "
+             "Stage 4 uses full attention with LePE; 3x3 depthwise positional convs, MLP ratio 3, BatchNorm final "
+             "norm. vitzoo runs the routed attention with a fused Triton kernel that reads routed regions by index "
+             "(no k-fold gathered K/V)."),
+    "nat": dict(
+        title="NAT", paper="Neighborhood Attention Transformer (Hassani et al., CVPR 2023)",
+        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin-T (same setting)",
+        text="Hierarchical transformer whose attention is 7x7 neighborhood attention (a sliding window per query, "
+             "shifted inward at the borders) with a learnable relative-position bias; convolutional tokenizer and "
+             "downsamplers. vitzoo runs it on its generalized neighborhood-attention Triton kernel."),
+    "dinat": dict(
+        title="DiNAT", paper="Dilated Neighborhood Attention Transformer (Hassani & Shi, 2022)",
+        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin-T (same setting)",
+        text="NAT with dilated neighborhood attention interleaved with local neighborhood attention per block "
+             "(published dilation schedules), for a receptive field that grows exponentially with depth. Same "
+             "Triton kernel as NAT, dilation read by index arithmetic."),
+    "vz_maxvit": dict(
+        title="MaxViT (timm tf-ported architecture)", paper="MaxViT: Multi-Axis Vision Transformer (Tu et al., "
+        "ECCV 2022)", code="https://github.com/google-research/maxvit", reference="timm maxvit_*_tf_224",
+        text="Hybrid network: every block is MBConv, then block attention (non-overlapping 7x7 windows) and grid "
+             "attention (a 7x7 grid of tokens H/7 apart), both with a relative-position bias. Loads timm's state "
+             "dicts unchanged; windows and grids are read in place by the neighborhood-attention kernel "
+             "(stride = kernel, and dilation = H/7 for the grid)."),
+    "vz_davit": dict(
+        title="DaViT", paper="DaViT: Dual Attention Vision Transformers (Ding et al., ECCV 2022)",
+        code="https://github.com/dingmyu/davit", reference="timm davit_*",
+        text="Alternates spatial window attention (7x7 windows) with channel group attention (softmax over channel "
+             "groups, global over tokens); convolutional position encodings. Loads timm's state dicts unchanged; "
+             "spatial windows go through the neighborhood-attention kernel, channel attention stays on cuBLAS."),
+    "vz_efficientvit": dict(
+        title="EfficientViT (MSRA)", paper="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group "
+        "Attention (Liu et al., CVPR 2023)", code="https://github.com/microsoft/Cream/tree/main/EfficientViT",
+        reference="timm efficientvit_m*",
+        text="Small, fast ViT: sandwich layout (one attention between FFNs) and cascaded group attention, where each "
+             "head attends over 7x7 local windows (key dim 16, LeViT attention biases) and feeds its output to the "
+             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch."),
+    "vz_halonet": dict(
+        title="HaloNet (timm architecture)", paper="Scaling Local Self-Attention for Parameter Efficient Visual "
+        "Backbones (Vaswani et al., CVPR 2021)", code="https://github.com/huggingface/pytorch-image-models",
+        reference="timm halonet*",
+        text="ResNet-like network with blocked local self-attention: queries in b x b blocks attend to the "
+             "(b + 2h)^2 haloed window around them (zero-padded at borders) with factorized relative-position "
+             "logits. timm's own architectures; loads timm's state dicts unchanged; the haloed windows are read in "
+             "place by vitzoo's halo-attention kernel (no unfold)."),
+}
+
+# ImageNet-1K top-1 (%) at the default resolution as reported in the papers (not measured by vitzoo).
+REPORTED: Dict[str, float] = {
+    "biformer_t": 81.4, "biformer_s": 83.8, "biformer_b": 84.3,
+    "nat_mini": 81.8, "nat_tiny": 83.2, "nat_small": 83.7, "nat_base": 84.3,
+    "dinat_mini": 81.8, "dinat_tiny": 82.7, "dinat_small": 83.8, "dinat_base": 84.4,
+    "vz_maxvit_tiny_224": 83.6, "vz_maxvit_small_224": 84.4, "vz_maxvit_base_224": 84.9,
+    "vz_davit_tiny": 82.8, "vz_davit_small": 84.2, "vz_davit_base": 84.6,
+    "vz_efficientvit_m0": 63.2, "vz_efficientvit_m1": 68.4, "vz_efficientvit_m2": 70.8,
+    "vz_efficientvit_m3": 73.4, "vz_efficientvit_m4": 74.3, "vz_efficientvit_m5": 77.1,
+}
+# official-code anchors measured by the team in the same setting (shared/anchors2-h100.json)
+OFFICIAL_ANCHORS = {"biformer_t": dict(infer_img_s=3742.0, train_img_s=1124.3, train_peak_GB=12.29),
+                    "biformer_s": dict(infer_img_s=1777.2, train_img_s=561.5, train_peak_GB=24.23)}
+SWIN_T = "swin_tiny_patch4_window7_224"
+
+
+def vitzoo_models() -> List[str]:
+    return sorted(n for n, fn in _model_entrypoints.items() if fn.__module__.startswith("vitzoo."))
+
+
+def family(name: str) -> str:
+    for key in sorted(FAMILIES, key=len, reverse=True):
+        if name.startswith(key):
+            return key
+    raise KeyError(f"no family text for {name}")
+
+
+@functools.lru_cache(maxsize=None)
+def exact_params(name: str) -> int:
+    try:  # no weight memory or init time; some constructors (drop-path schedules via .tolist()) need real tensors
+        with torch.device("meta"):
+            model = timm.create_model(name)
+    except (NotImplementedError, RuntimeError):
+        model = timm.create_model(name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_measurements(path: str) -> Dict:
+    with open(path) as f:
+        data = json.load(f)
+    data["by_model"] = {r["model"]: r for r in data["rows"] if not r.get("compiled")}
+    data["file"] = os.path.relpath(path, ROOT)
+    return data
+
+
+def _num(value: Optional[float], fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def reference_of(name: str, meas: Dict):
+    """(label, row) of what this model is compared with: its timm twin, the official code anchor or Swin-T."""
+    fam = FAMILIES[family(name)]
+    twin = name[3:].replace("maxvit_tiny_224", "maxvit_tiny_tf_224").replace(
+        "maxvit_small_224", "maxvit_small_tf_224").replace("maxvit_base_224", "maxvit_base_tf_224") \
+        if name.startswith("vz_") else None
+    if twin and twin in meas["by_model"]:
+        return f"timm `{twin}` (measured in the same run)", meas["by_model"][twin]
+    if name in OFFICIAL_ANCHORS:
+        return "official code, eager (team anchor, same GPU and setting, `shared/anchors2-h100.json`)", \
+            OFFICIAL_ANCHORS[name]
+    if SWIN_T in meas["by_model"] and family(name) in ("nat", "dinat") and name.endswith(("_tiny", "_mini")):
+        return f"timm `{SWIN_T}` (same FLOP class, measured in the same run)", meas["by_model"][SWIN_T]
+    return fam["reference"] + " (not measured yet)", None
+
+
+def card(name: str, meas: Dict) -> str:
+    fam = FAMILIES[family(name)]
+    cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    row = meas["by_model"].get(name)
+    env, setting = meas["env"], meas["setting"]
+    ref_label, ref = reference_of(name, meas)
+    reported = REPORTED.get(name)
+    lines = [
+        f"# {name}",
+        "",
+        f"**{fam['title']}** — {fam['paper']}. Official code: {fam['code']}.",
+        "",
+        fam["text"],
+        "",
+        "| | |",
+        "|---|---|",
+        f"| parameters (exact) | {exact_params(name):,} |",
+        f"| GFLOPs at {cfg['input_size'][-1]}² | {_num(row and row.get('gflops'), '.2f')} (torch.utils.flop_counter; "
+        f"FLOPs inside vitzoo's Triton attention ops are not counted) |",
+        f"| default input | {tuple(cfg['input_size'])}, crop_pct {cfg.get('crop_pct')}, "
+        f"{cfg.get('interpolation')} interpolation, mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])} |",
+        f"| license of the original weights | {cfg.get('license') or 'see the official repository'} |",
+        f"| ImageNet-1K top-1 | " + (f"{reported} % (reported in the paper; not measured by vitzoo)" if reported
+                                    else "no paper number for this timm-defined variant") + " |",
+        "",
+        f"## Speed on the GPU ({env.get('gpu', env['device'])}, {env['date']})",
+        "",
+        f"bf16 autocast, channels_last, inference batch {setting['infer_batch']}, train step (fwd + bwd + AdamW) "
+        f"batch {setting['train_batch']}; torch {env['torch']}, triton {env['triton']}, timm {env['timm']}; "
+        f"Triton tiles: first config (autotuning off). Source: `{meas['file']}`.",
+        "",
+        "| implementation | inference img/s | inference peak GB | train img/s | train peak GB |",
+        "|---|---|---|---|---|",
+    ]
+    if row is None:
+        lines.append(f"| vitzoo `{name}` | not measured yet | | | |")
+    else:
+        lines.append(f"| vitzoo `{name}` | {_num(row.get('infer_img_s'), '.0f')} | "
+                     f"{_num(row.get('infer_peak_GB'), '.2f')} | {_num(row.get('train_img_s'), '.0f')} | "
+                     f"{_num(row.get('train_peak_GB'), '.2f')} |")
+    if ref is not None:
+        lines.append(f"| {ref_label} | {_num(ref.get('infer_img_s'), '.0f')} | {_num(ref.get('infer_peak_GB'), '.2f')}"
+                     f" | {_num(ref.get('train_img_s'), '.0f')} | {_num(ref.get('train_peak_GB'), '.2f')} |")
+    else:
+        lines.append(f"| {ref_label} | | | | |")
+    lines += [
+        "",
+        "## Loading weights (local files only; nothing is downloaded)",
+        "",
+        "```python",
+        "import timm, vitzoo",
+        f"model = timm.create_model(\"{name}\", pretrained=True,",
+        "                          pretrained_cfg_overlay=dict(file=\"/path/to/checkpoint.pth\"))",
+        "```",
+        "",
+        "The model's `checkpoint_filter_fn` maps the official release's key layout" +
+        (" and timm's state dict (identical keys)" if name.startswith("vz_") else "") + " into vitzoo's.",
+        "",
+        "## Detection configs",
+        "",
+        "None yet (the detection adapter is an open issue).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def zoo_table(names: List[str], meas: Dict) -> str:
+    rows = ["| model | params (M) | top-1 (paper) | infer img/s | train img/s | reference infer / train img/s |",
+            "|---|---|---|---|---|---|"]
+    for name in names:
+        row = meas["by_model"].get(name) or {}
+        _, ref = reference_of(name, meas)
+        ref = ref or {}
+        rows.append(f"| [{name}](model_cards/{name}.md) | {exact_params(name) / 1e6:.2f} | "
+                    f"{_num(REPORTED.get(name), '.1f')} | {_num(row.get('infer_img_s'), '.0f')} | "
+                    f"{_num(row.get('train_img_s'), '.0f')} | {_num(ref.get('infer_img_s'), '.0f')} / "
+                    f"{_num(ref.get('train_img_s'), '.0f')} |")
+    env = meas["env"]
+    return (f"Measured on {env.get('gpu', env['device'])} ({env['date']}, bf16, channels_last, batch 256 / 128); "
+            f"\"–\" = not measured yet. Cards: `model_cards/`.\n\n" + "\n".join(rows))
+
+
+def render(measurements: str):
+    meas = load_measurements(measurements)
+    names = vitzoo_models()
+    cards = {name: card(name, meas) for name in names}
+    readme = open(README).read()
+    start, end = readme.index(TABLE_START) + len(TABLE_START), readme.index(TABLE_END)
+    new_readme = readme[:start] + "\n" + zoo_table(names, meas) + "\n" + readme[end:]
+    return cards, new_readme
+
+
+def latest_measurements() -> str:
+    files = sorted(glob.glob(os.path.join(CARDS_DIR, "measurements", "*.json")))
+    if not files:
+        raise SystemExit("no measurements in model_cards/measurements/")
+    return files[-1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--measurements", default=None)
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    cards, new_readme = render(args.measurements or latest_measurements())
+    if args.check:
+        stale = [n for n, text in cards.items()
+                 if not os.path.exists(os.path.join(CARDS_DIR, f"{n}.md"))
+                 or open(os.path.join(CARDS_DIR, f"{n}.md")).read() != text]
+        if open(README).read() != new_readme:
+            stale.append("README.md zoo table")
+        if stale:
+            print("stale or missing (run tools/make_cards.py):", ", ".join(stale))
+            return 1
+        return 0
+    for name, text in cards.items():
+        with open(os.path.join(CARDS_DIR, f"{name}.md"), "w") as f:
+            f.write(text)
+    with open(README, "w") as f:
+        f.write(new_readme)
+    print(f"wrote {len(cards)} cards and the README zoo table")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
