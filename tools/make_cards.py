@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate ``model_cards/<name>.md`` for every registered vitzoo model and the README zoo table, from measurements.
 
-    python tools/make_cards.py [--measurements model_cards/measurements/h100_2026-11-23.json] [--check]
+    python tools/make_cards.py [--measurements FILE ...] [--check]
 
 Numbers come only from the measurements file (written by ``tools/benchmark.py`` on the GPU) and from the models
 themselves (exact parameter counts, pretrained_cfg); the papers' ImageNet-1K top-1 is cited from ``REPORTED`` and
@@ -121,12 +121,18 @@ def exact_params(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_measurements(path: str) -> Dict:
-    with open(path) as f:
-        data = json.load(f)
-    data["by_model"] = {r["model"]: r for r in data["rows"] if not r.get("compiled")}
-    data["file"] = os.path.relpath(path, ROOT)
-    return data
+def load_measurements(paths: List[str]) -> Dict:
+    """Rows of every file (a later file's row replaces an earlier one's); each row keeps its file and environment."""
+    merged: Dict = {"by_model": {}}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for r in data["rows"]:
+            if not r.get("compiled"):
+                merged["by_model"][r["model"]] = dict(r, _file=os.path.relpath(path, ROOT), _env=data["env"],
+                                                      _setting=data["setting"])
+        merged["env"], merged["setting"] = data["env"], data["setting"]
+    return merged
 
 
 def _num(value: Optional[float], fmt: str) -> str:
@@ -153,7 +159,8 @@ def card(name: str, meas: Dict) -> str:
     fam = FAMILIES[family(name)]
     cfg = timm.models.get_pretrained_cfg(name).to_dict()
     row = meas["by_model"].get(name)
-    env, setting = meas["env"], meas["setting"]
+    env, setting = (row["_env"], row["_setting"]) if row else (meas["env"], meas["setting"])
+    source = row["_file"] if row else "not measured yet"
     ref_label, ref = reference_of(name, meas)
     reported = REPORTED.get(name)
     lines = [
@@ -178,7 +185,7 @@ def card(name: str, meas: Dict) -> str:
         "",
         f"bf16 autocast, channels_last, inference batch {setting['infer_batch']}, train step (fwd + bwd + AdamW) "
         f"batch {setting['train_batch']}; torch {env['torch']}, triton {env['triton']}, timm {env['timm']}; "
-        f"Triton tiles: first config (autotuning off). Source: `{meas['file']}`.",
+        f"Triton tiles: first config (autotuning off). Source: `{source}`.",
         "",
         "| implementation | inference img/s | inference peak GB | train img/s | train peak GB |",
         "|---|---|---|---|---|",
@@ -231,7 +238,7 @@ def zoo_table(names: List[str], meas: Dict) -> str:
             f"\"–\" = not measured yet. Cards: `model_cards/`.\n\n" + "\n".join(rows))
 
 
-def render(measurements: str):
+def render(measurements: List[str]):
     meas = load_measurements(measurements)
     names = vitzoo_models()
     cards = {name: card(name, meas) for name in names}
@@ -241,19 +248,19 @@ def render(measurements: str):
     return cards, new_readme
 
 
-def latest_measurements() -> str:
+def measurement_files() -> List[str]:
     files = sorted(glob.glob(os.path.join(CARDS_DIR, "measurements", "*.json")))
     if not files:
         raise SystemExit("no measurements in model_cards/measurements/")
-    return files[-1]
+    return files
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--measurements", default=None)
+    p.add_argument("--measurements", nargs="*", default=None, help="default: every model_cards/measurements/*.json")
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    cards, new_readme = render(args.measurements or latest_measurements())
+    cards, new_readme = render(args.measurements or measurement_files())
     if args.check:
         stale = [n for n, text in cards.items()
                  if not os.path.exists(os.path.join(CARDS_DIR, f"{n}.md"))
