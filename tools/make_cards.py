@@ -14,6 +14,7 @@ import functools
 import glob
 import json
 import os
+import re
 import sys
 from typing import Dict, List, Optional
 
@@ -32,7 +33,24 @@ README = os.path.join(ROOT, "README.md")
 TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
 
 # Family text: one paragraph, paper, official code. The reference is what the benchmark compares against.
+_AGENT_PAPER = "Agent Attention: On the Integration of Softmax and Linear Attention (Han et al., ECCV 2024)"
 FAMILIES = {
+    "agent_swin": dict(
+        title="Agent-Swin", paper=_AGENT_PAPER, code="https://github.com/LeapLabTHU/Agent-Attention",
+        reference="official Agent-Swin code (eager)",
+        text="Swin Transformer whose early stages use agent attention: a few agent tokens (9 / 16 / 49, average-pooled "
+             "from the queries) first attend to every key of the stage map, then every query attends to the agents "
+             "(two small softmax attentions, linear cost in the number of tokens), with learned agent biases and a "
+             "3x3 depthwise conv on V. Agent blocks see the whole stage map; the other blocks are Swin "
+             "(shifted-)window attention (T: AAAB, S: AABB, B: AAMB2). vitzoo runs the agent softmaxes and the "
+             "windows on its biased-attention and neighborhood-attention Triton kernels."),
+    "agent_pvt": dict(
+        title="Agent-PVT", paper=_AGENT_PAPER, code="https://github.com/LeapLabTHU/Agent-Attention",
+        reference="official Agent-PVT code (eager)",
+        text="PVT-v1 pyramid (a patch embedding and a learned position embedding per stage, MLP ratios 8-8-4-4) in "
+             "which every block uses agent attention over the full stage map (9 / 16 / 49 / 49 agents pooled from "
+             "the queries, agent biases, 3x3 depthwise conv on V) instead of spatial-reduction attention; no final "
+             "norm. vitzoo runs both agent softmaxes on its biased-attention Triton kernel."),
     "biformer": dict(
         title="BiFormer", paper="BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023)",
         code="https://github.com/rayleizhu/BiFormer", reference="official BiFormer code (eager; team anchor)",
@@ -86,6 +104,8 @@ FAMILIES = {
 
 # ImageNet-1K top-1 (%) at the default resolution as reported in the papers (not measured by vitzoo).
 REPORTED: Dict[str, float] = {
+    "agent_swin_t": 82.6, "agent_swin_s": 83.7, "agent_swin_b": 84.0,
+    "agent_pvt_t": 78.4, "agent_pvt_s": 82.2, "agent_pvt_m": 83.4, "agent_pvt_l": 83.7,
     "biformer_t": 81.4, "biformer_s": 83.8, "biformer_b": 84.3,
     "nat_mini": 81.8, "nat_tiny": 83.2, "nat_small": 83.7, "nat_base": 84.3,
     "dinat_mini": 81.8, "dinat_tiny": 82.7, "dinat_small": 83.8, "dinat_base": 84.4,
@@ -216,10 +236,29 @@ def card(name: str, meas: Dict) -> str:
         "",
         "## Detection configs",
         "",
-        "None yet (the detection adapter is an open issue).",
-        "",
     ]
+    det = detection_configs(name)
+    lines += [f"- `{path}`" for path in det] if det else [
+        f"None ship for `{name}`; any vitzoo model plugs into `vitzoo.det.VitzooBackbone` (see the README's Detection "
+        "section)."]
+    lines.append("")
     return "\n".join(lines)
+
+
+def detection_configs(name: str) -> List[str]:
+    """Detection configs (mmdet under configs/det/mmdet/, the torchvision trainer's YAML under configs/det/) whose
+    backbone is ``name``: the model name quoted in an mmdet config, or ``backbone: name`` / ``model_name: name`` in
+    YAML."""
+    quoted = re.compile(rf"""model_name\s*=\s*['"]{re.escape(name)}['"]""")
+    yaml_key = re.compile(rf"""^\s*(backbone|model_name|name):\s*['"]?{re.escape(name)}['"]?\s*(#.*)?$""", re.M)
+    found = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "det", "**", "*"), recursive=True)):
+        if os.path.basename(os.path.dirname(path)) == "_base_" or not os.path.isfile(path):
+            continue
+        text = open(path).read()
+        if (path.endswith(".py") and quoted.search(text)) or (path.endswith((".yaml", ".yml")) and yaml_key.search(text)):
+            found.append(os.path.relpath(path, ROOT))
+    return found
 
 
 def zoo_table(names: List[str], meas: Dict) -> str:
