@@ -414,3 +414,11 @@ def test_grad_checkpointing_same_grads():
     model(x).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_prune_norm_and_head_together():
+    """prune_intermediate_layers(prune_norm=True) turns the final norm into Identity; resetting the head after that
+    must not read the pruned norm's parameters."""
+    model = timm.create_model("biformer_t", num_classes=5)
+    model.prune_intermediate_layers(indices=[1, 2], prune_norm=True, prune_head=True)
+    assert isinstance(model.head, torch.nn.Identity)

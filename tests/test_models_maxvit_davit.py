@@ -284,3 +284,12 @@ def test_names_do_not_collide_with_timm():
     assert sorted(ours) == sorted(VZ.values())
     timm_models = set(timm.list_models())
     assert all(n in timm_models for n in VZ)
+
+
+@pytest.mark.parametrize("name", ["vz_maxvit_tiny_224", "vz_davit_tiny"])
+def test_builds_on_the_meta_device(name):
+    """Detection and card tooling build models on the meta device (no memory): the drop-path schedule must not be
+    computed on that device."""
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    assert next(model.parameters()).is_meta

@@ -256,7 +256,8 @@ def detection_configs(name: str) -> List[str]:
         if os.path.basename(os.path.dirname(path)) == "_base_" or not os.path.isfile(path):
             continue
         text = open(path).read()
-        if (path.endswith(".py") and quoted.search(text)) or (path.endswith((".yaml", ".yml")) and yaml_key.search(text)):
+        is_yaml = path.endswith((".yaml", ".yml"))
+        if (path.endswith(".py") and quoted.search(text)) or (is_yaml and yaml_key.search(text)):
             found.append(os.path.relpath(path, ROOT))
     return found
 

@@ -337,7 +337,7 @@ class BiFormer(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        ref = self.norm.weight
+        ref = next(self.parameters())  # the norm may have been pruned to Identity (prune_intermediate_layers)
         self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
                      if num_classes > 0 else nn.Identity())
 

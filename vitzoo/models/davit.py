@@ -254,7 +254,7 @@ class DaViT(nn.Module):
         self.feature_info = []
 
         self.stem = Stem(in_chans, embed_dims[0], norm_layer=norm_layer)
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         in_chs, stages = embed_dims[0], []
         for i in range(num_stages):
             stages.append(DaViTStage(

@@ -230,7 +230,9 @@ class MaxViT(nn.Module):
             act_layer=cfg.conv_cfg.act_layer, norm_layer=cfg.conv_cfg.norm_layer, norm_eps=cfg.conv_cfg.norm_eps)
         stride = self.stem.stride
         self.feature_info = [dict(num_chs=self.stem.out_chs, reduction=stride, module="stem")]
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(cfg.depths)).split(list(cfg.depths))]
+        # cpu: works under meta-device init
+        dpr = torch.linspace(0, drop_path_rate, sum(cfg.depths), device="cpu").split(list(cfg.depths))
+        dpr = [x.tolist() for x in dpr]
         in_chs, stages = self.stem.out_chs, []
         for i in range(num_stages):
             stages.append(MaxViTStage(
