@@ -45,9 +45,11 @@ def test_unknown_config_keys_are_errors_naming_the_key(tmp_path):
 
 
 def test_unknown_model_name_is_a_clear_error(tmp_path):
-    proc = subprocess.run(_cmd(tmp_path, "model.name=no_such_model"), env=_env(), capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "model.name 'no_such_model' is not a registered timm/vitzoo model" in proc.stderr
+    proc = subprocess.run(_cmd(tmp_path, "model.name=nat_minni"), env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "model.name 'nat_minni' is not a registered timm/vitzoo model" in proc.stderr
+    assert "did you mean nat_mini" in proc.stderr  # close names from timm.list_models()
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_training_run_writes_all_outputs_and_learns(tmp_path):

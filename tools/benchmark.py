@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Throughput, peak memory, params and FLOPs of vitzoo and timm models, side by side in one process.
 
-    python tools/benchmark.py --models biformer_s swin_tiny_patch4_window7_224 [--compile] [--out runs/bench]
+    python tools/benchmark.py --models biformer_s swin_tiny_patch4_window7_224 [--mode both] [--out runs/bench]
+    python tools/benchmark.py --models vz_davit_tiny --pairs          # + its timm twin (davit_tiny), same process
     python tools/benchmark.py --suite all --out model_cards/measurements
 
-Setting (the project's standard): bf16 autocast, channels_last, inference batch 256 (torch.inference_mode), train
-step batch 128 (forward + backward + AdamW step), CUDA-event timing after warm-up, median of several windows. On CPU
-(no GPU) it still runs, with small batches, for smoke tests; only GPU numbers go into model cards.
+Setting (the project's standard): bf16 autocast (``--dtype bf16|fp16|fp32``; fp32 = no autocast), channels_last,
+inference batch 256 (torch.inference_mode), train step batch 128 (forward + backward + AdamW step), CUDA-event timing
+after warm-up, median of several windows; eager, ``--compile`` (torch.compile) or ``--mode both`` (one row each).
+GFLOPs: forward at batch 1 with torch.utils.flop_counter (FLOPs inside vitzoo's Triton ops are not counted). Peak
+memory: CUDA only (torch.cuda.max_memory_allocated). On CPU (no GPU) it still runs, with small batches, for smoke
+tests; only GPU numbers go into model cards.
 
-Writes ``benchmark.csv``, ``benchmark.json`` (rows + environment) and ``benchmark.png`` to ``--out``.
+Writes ``benchmark.csv``, ``benchmark.json`` (rows + environment + setting; read by tools/make_cards.py) and
+``benchmark.png`` to ``--out``, and prints a table. A model name timm does not know, or an image size a model cannot
+take, is one line on stderr and exit code 2 (the other models still run).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
+from vitzoo.tools_common import UserError, autocast_ctx, check_model_name, run_cli, to_channels_last  # noqa: E402,E501
 
 # vitzoo model -> the timm (or official-equivalent) model it is compared with, where one exists
 PAIRS: Dict[str, Optional[str]] = {}
@@ -67,8 +74,20 @@ def count_gflops(model: torch.nn.Module, size: int, in_chans: int) -> Optional[f
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
         return counter.get_total_flops() / 1e9
+    except ValueError:
+        raise  # the model rejects this input size: bad input, reported by the caller
     except Exception:
         return None
+
+
+def create(name: str, img_size: Optional[int]) -> torch.nn.Module:
+    """The model at its default size, or built for ``img_size`` when its constructor takes one."""
+    if img_size is None:
+        return timm.create_model(name, pretrained=False)
+    try:
+        return timm.create_model(name, pretrained=False, img_size=img_size)
+    except TypeError:  # no img_size argument: size-agnostic model
+        return timm.create_model(name, pretrained=False)
 
 
 def _time_windows(fn, windows: int, iters: int, device) -> float:
@@ -91,68 +110,81 @@ def _time_windows(fn, windows: int, iters: int, device) -> float:
     return statistics.median(results)
 
 
-def bench_model(name: str, args, device) -> Dict:
-    model = timm.create_model(name, pretrained=False)
+def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
+    try:
+        model = create(name, args.img_size)
+    except ValueError as exc:  # e.g. MaxViT: img_size not a multiple of its window/grid
+        raise UserError(f"{name}: {exc}") from None
     cfg = model.pretrained_cfg
-    in_chans, size = cfg.get("input_size", (3, 224, 224))[0], cfg.get("input_size", (3, 224, 224))[-1]
+    in_chans = cfg.get("input_size", (3, 224, 224))[0]
+    size = args.img_size or cfg.get("input_size", (3, 224, 224))[-1]
     row = {"model": name, "img": size, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-           "compiled": args.compile, "vs": PAIRS.get(name)}
-    model = model.to(device).to(memory_format=torch.channels_last)
-    row["gflops"] = count_gflops(model.eval(), size, in_chans)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16)
-    runner = torch.compile(model) if args.compile else model
+           "compiled": compiled, "vs": PAIRS.get(name), "dtype": args.dtype}
+    model = to_channels_last(model.to(device))
+    try:
+        row["gflops"] = count_gflops(model.eval(), size, in_chans)
+    except ValueError as exc:  # e.g. HaloNet: input not a multiple of 256
+        raise UserError(f"{name}: {exc}") from None
+    runner = torch.compile(model) if compiled else model
+
+    def amp_ctx():  # a fresh autocast context per call; fp32 = none
+        return autocast_ctx(args.dtype, device)
 
     # inference
     x = torch.randn(args.infer_batch, in_chans, size, size, device=device).contiguous(memory_format=torch.channels_last)
 
     def infer():
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), amp_ctx():
             runner(x)
 
-    try:
-        for _ in range(args.warmup):
-            infer()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        sec = _time_windows(infer, args.windows, args.iters, device)
-        row["infer_img_s"] = args.infer_batch / sec
-        if device.type == "cuda":
-            row["infer_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
-    except Exception as exc:
-        row["infer_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if not args.skip_infer:
+        try:
+            for _ in range(args.warmup):
+                infer()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            sec = _time_windows(infer, args.windows, args.iters, device)
+            row["infer_img_s"] = args.infer_batch / sec
+            if device.type == "cuda":
+                row["infer_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
+        except Exception as exc:
+            row["infer_error"] = f"{type(exc).__name__}: {exc}"[:300]
     del x
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
     # train step
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    xt = torch.randn(args.train_batch, in_chans, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, model.num_classes, (args.train_batch,), device=device)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    if not args.skip_train:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        xt = torch.randn(args.train_batch, in_chans, size, size, device=device).contiguous(
+            memory_format=torch.channels_last)
+        target = torch.randint(0, model.num_classes, (args.train_batch,), device=device)
+        loss_fn = torch.nn.CrossEntropyLoss()
 
-    def train_step():
-        with amp:
-            loss = loss_fn(runner(xt), target)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        def train_step():
+            with amp_ctx():
+                loss = loss_fn(runner(xt), target)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    try:
-        for _ in range(args.warmup):
-            train_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        sec = _time_windows(train_step, args.windows, args.iters, device)
-        row["train_img_s"] = args.train_batch / sec
-        if device.type == "cuda":
-            row["train_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
-    except Exception as exc:
-        row["train_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    del model, runner, opt, xt
+        try:
+            for _ in range(args.warmup):
+                train_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            sec = _time_windows(train_step, args.windows, args.iters, device)
+            row["train_img_s"] = args.train_batch / sec
+            if device.type == "cuda":
+                row["train_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
+        except Exception as exc:
+            row["train_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        del opt, xt
+    del model, runner
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -178,8 +210,8 @@ def save(rows: List[Dict], env: Dict, out: str, args) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    setting = {"amp": "bf16", "channels_last": True, "infer_batch": args.infer_batch,
-               "train_batch": args.train_batch}
+    setting = {"amp": args.dtype, "channels_last": True, "infer_batch": args.infer_batch,
+               "train_batch": args.train_batch, "modes": args.modes, "img_size": args.img_size}
     with open(os.path.join(out, "benchmark.json"), "w") as f:
         json.dump({"env": env, "setting": setting, "rows": rows}, f, indent=1)
 
@@ -203,44 +235,101 @@ def plot(rows: List[Dict], out: str) -> None:
     plt.close(fig)
 
 
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: List[Dict]) -> str:
+    """Plain-text table; ``x ref`` = this row's img/s over its reference's (timm twin) in the same run and mode."""
+    by_key = {(r["model"], r["compiled"]): r for r in rows}
+    head = (f"{'model':34s} {'mode':7s} {'params M':>8s} {'GFLOPs':>7s} {'infer img/s':>11s} {'peak GB':>7s} "
+            f"{'train img/s':>11s} {'peak GB':>7s} {'x ref (inf/train)':>18s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ref = by_key.get((r.get("vs"), r["compiled"])) if r.get("vs") else None
+        ratio = "-"
+        if ref:
+            ri = (r.get("infer_img_s") or 0) / ref["infer_img_s"] if ref.get("infer_img_s") else None
+            rt = (r.get("train_img_s") or 0) / ref["train_img_s"] if ref.get("train_img_s") else None
+            ratio = f"{_fmt(ri, '.2f')}/{_fmt(rt, '.2f')} {r['vs']}"
+        err = " ".join(r[k] for k in ("infer_error", "train_error") if r.get(k))
+        lines.append(f"{r['model']:34s} {'compile' if r['compiled'] else 'eager':7s} {r['params_M']:8.2f} "
+                     f"{_fmt(r.get('gflops'), '7.2f'):>7s} {_fmt(r.get('infer_img_s'), '11.1f'):>11s} "
+                     f"{_fmt(r.get('infer_peak_GB'), '7.2f'):>7s} {_fmt(r.get('train_img_s'), '11.1f'):>11s} "
+                     f"{_fmt(r.get('train_peak_GB'), '7.2f'):>7s} {ratio:>18s}" + (f"  {err}" if err else ""))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> List[Dict]:
     _register_suites()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=[])
     p.add_argument("--suite", choices=sorted(SUITES), default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile every model (default mode)")
+    p.add_argument("--pairs", action="store_true",
+                   help="also benchmark the timm model each listed vitzoo model corresponds to (right after it)")
+    p.add_argument("--mode", choices=("eager", "compile", "both"), default=None,
+                   help="eager (default), torch.compile (default mode), or both (one row each)")
+    p.add_argument("--compile", action="store_true", help="same as --mode compile")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="autocast dtype (fp32: no autocast); default bf16")
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (default: each model's)")
     p.add_argument("--infer-batch", type=int, default=None, help="default 256 on GPU, 2 on CPU")
     p.add_argument("--train-batch", type=int, default=None, help="default 128 on GPU, 2 on CPU")
+    p.add_argument("--skip-infer", action="store_true", help="no inference measurement")
+    p.add_argument("--skip-train", action="store_true", help="no train-step measurement")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--windows", type=int, default=3)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default="runs/benchmark")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.mode and args.compile and args.mode != "compile":
+        raise UserError(f"--compile contradicts --mode {args.mode}")
+    args.modes = {"eager": ["eager"], "compile": ["compile"], "both": ["eager", "compile"]}[
+        args.mode or ("compile" if args.compile else "eager")]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
     args.infer_batch = args.infer_batch or (256 if gpu else 2)
     args.train_batch = args.train_batch or (128 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     args.iters = args.iters or (10 if gpu else 1)
-    models = list(args.models) + (SUITES[args.suite] if args.suite else [])
-    unknown = [m for m in models if m not in timm.list_models()]
-    if unknown:
-        raise SystemExit(f"unknown model name(s): {unknown} (see timm.list_models() after `import vitzoo`)")
+    if args.img_size is not None and args.img_size < 1:
+        raise UserError(f"--img-size must be positive, got {args.img_size}")
+    models: List[str] = []
+    for name in list(args.models) + (SUITES[args.suite] if args.suite else []):
+        check_model_name(name, "--models")
+        twin = PAIRS.get(name) if args.pairs else None
+        models += [m for m in (name, twin) if m and m not in models]
+    if not models:
+        raise UserError("nothing to benchmark: pass --models NAME [NAME ...] or --suite " + "|".join(sorted(SUITES)))
     env = environment(device)
     rows: List[Dict] = []
+    failures: List[str] = []
     from tqdm import tqdm
 
-    for name in tqdm(models, desc="models"):
-        rows.append(bench_model(name, args, device))
-        r = rows[-1]
-        tqdm.write(f"{name:36s} infer {r.get('infer_img_s', float('nan')):9.1f} img/s  "
-                   f"train {r.get('train_img_s', float('nan')):8.1f} img/s  "
-                   f"peak {r.get('train_peak_GB', float('nan')):.2f} GB  {r.get('infer_error', '')}"
-                   f"{r.get('train_error', '')}")
-        save(rows, env, args.out, args)
-    plot(rows, args.out)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "benchmark.py"
+    for name in tqdm(models, desc="models", disable=None):  # no bar when stderr is not a terminal
+        for mode in args.modes:
+            try:
+                rows.append(bench_model(name, args, device, compiled=mode == "compile"))
+            except UserError as exc:
+                failures.append(str(exc))
+                tqdm.write(f"{prog}: error: {exc}", file=sys.stderr)
+                break
+            r = rows[-1]
+            tqdm.write(f"{name:36s} {mode:7s} infer {r.get('infer_img_s', float('nan')):9.1f} img/s  "
+                       f"train {r.get('train_img_s', float('nan')):8.1f} img/s  "
+                       f"peak {r.get('train_peak_GB', float('nan')):.2f} GB  {r.get('infer_error', '')}"
+                       f"{r.get('train_error', '')}")
+            save(rows, env, args.out, args)
+    if rows:
+        plot(rows, args.out)
+        print(table(rows))
+        print(f"wrote {os.path.join(args.out, 'benchmark.csv')} and benchmark.json, benchmark.png")
+    if failures:
+        raise SystemExit(2)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -5,17 +5,20 @@
     torchrun --nproc_per_node N tools/train.py --config ...     # DDP (NCCL on GPU, gloo on CPU)
 
 Writes to ``output.dir``: ``last.pth`` (atomic, every ``output.checkpoint_every_steps`` steps and every epoch),
-``best.pth``, ``metrics.csv`` (one row per epoch), ``curves.png`` and ``summary.json``. ``--resume`` continues from
-``last.pth``: model, optimizer, scheduler, EMA, grad scaler, epoch/step, partial-epoch sums and every RNG state are
-restored and the data order is a pure function of (seed, epoch), so a resumed CPU run is bit-for-bit the same as an
-uninterrupted one.
+``best.pth`` (model and EMA weights of the best epoch), ``metrics.csv`` (one row per epoch), ``curves.png`` and
+``summary.json``. ``--resume`` continues from ``last.pth``: model, optimizer, scheduler, EMA, grad scaler, epoch/step,
+partial-epoch sums and every RNG state are restored, the data order is a pure function of (seed, epoch) and ImageFolder
+augmentation a pure function of (seed, epoch, rank, position) whatever ``data.workers`` is, so a resumed CPU run is
+bit-for-bit the same as an uninterrupted one. ``tools/validate.py`` evaluates the checkpoints.
+
+Bad input (config, model name, dataset folder, image size, checkpoint) is one line on stderr and exit code 2
+(``VITZOO_DEBUG=1``: full traceback).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import sys
@@ -36,6 +39,9 @@ from timm.scheduler import create_scheduler_v2  # noqa: E402
 import vitzoo  # noqa: E402,F401  (registers the vitzoo models with timm)
 from vitzoo.config import load_config  # noqa: E402
 from vitzoo.data import create_datasets  # noqa: E402
+from vitzoo.tools_common import (UserError, autocast_ctx, build_model, check_model_name,  # noqa: E402,F401
+                                 epoch_batches, evaluate, load_checkpoint_file, load_state_dict_or_explain,
+                                 make_loader, run_cli, to_channels_last)
 
 CHECKPOINT_VERSION = 1
 
@@ -113,75 +119,7 @@ def save_atomic(state: Dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
-def epoch_batches(n: int, batch: int, epoch: int, seed: int, shuffle: bool, rank: int, world: int,
-                  drop_last: bool) -> List[List[int]]:
-    """This rank's batches of dataset indices for one epoch: a pure function of its arguments (resumable)."""
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
-    else:
-        order = list(range(n))
-    if world > 1:
-        if shuffle:  # equal step counts on every rank (DDP needs them): wrap around
-            per_rank = math.ceil(n / world)
-            order = (order * 2)[: per_rank * world]
-        order = order[rank::world]
-    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
-    if drop_last and batches and len(batches[-1]) < batch:
-        batches = batches[:-1]
-    return batches
-
-
-# ----------------------------------------------------------------------------------------------- model
-def build_model(cfg: Dict[str, Any], num_classes: int) -> nn.Module:
-    mcfg = cfg["model"]
-    if mcfg["name"] not in timm.list_models():
-        raise ValueError(f"model.name {mcfg['name']!r} is not a registered timm/vitzoo model "
-                         f"(see timm.list_models(); vitzoo models appear after `import vitzoo`)")
-    kwargs = dict(mcfg["kwargs"])
-    kwargs.setdefault("num_classes", num_classes)
-    kwargs.setdefault("in_chans", cfg["data"]["in_chans"])
-    if cfg["train"]["drop_path"] is not None:
-        kwargs["drop_path_rate"] = cfg["train"]["drop_path"]
-    if mcfg["pretrained_file"]:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=mcfg["pretrained_file"]))
-    model = timm.create_model(mcfg["name"], **kwargs)
-    if cfg["train"]["grad_checkpointing"]:
-        model.set_grad_checkpointing(True)
-    return model
-
-
 # ----------------------------------------------------------------------------------------------- loops
-def autocast_ctx(amp: str, device: torch.device):
-    if amp == "none":
-        return nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"train.amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, batch: int, device, cfg, rank: int, world: int) -> Dict[str, float]:
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    for idx in epoch_batches(len(dataset), batch, 0, 0, False, rank, world, drop_last=False):
-        images = torch.stack([dataset[i][0] for i in idx]).to(device)
-        target = torch.stack([torch.as_tensor(dataset[i][1]) for i in idx]).to(device)
-        if cfg["train"]["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_ctx(cfg["train"]["amp"], device):
-            logits = model(images)
-        logits = logits.float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        sums += torch.tensor([criterion(logits, target).item(), (top[:, 0] == target).sum().item(),
-                              (top == target[:, None]).any(1).sum().item(), len(idx)], dtype=torch.float64,
-                             device=device)
-    if world > 1:
-        dist.all_reduce(sums)
-    loss, top1, top5, count = sums.tolist()
-    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * top5 / count}
-
-
 def write_curves(rows: List[Dict[str, Any]], out_dir: str) -> None:
     with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -206,28 +144,54 @@ def write_curves(rows: List[Dict[str, Any]], out_dir: str) -> None:
     plt.close(fig)
 
 
+def make_criterion(tcfg: Dict[str, Any], mixup_active: bool) -> nn.Module:
+    """CE (label smoothing), soft-target CE under mixup/cutmix (smoothing goes into the mixed targets), or timm's
+    BinaryCrossEntropy (``train.loss: bce``, as in the ResNet-strikes-back recipes)."""
+    if tcfg["loss"] == "bce":
+        from timm.loss import BinaryCrossEntropy
+
+        return BinaryCrossEntropy(target_threshold=tcfg["bce_target_thresh"],
+                                  smoothing=0.0 if mixup_active else tcfg["label_smoothing"])
+    if mixup_active:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if cfg["model"]["attn_backend"]:
         os.environ["VITZOO_ATTN_BACKEND"] = cfg["model"]["attn_backend"]
+    check_model_name(cfg["model"]["name"])
     rank, world, device = setup_distributed(args.device)
     tcfg, dcfg, ocfg = cfg["train"], cfg["data"], cfg["output"]
     out_dir = ocfg["dir"]
+    last_path = os.path.join(out_dir, "last.pth")
+    if args.resume and not os.path.exists(last_path):
+        raise UserError(f"--resume: no checkpoint at {last_path} (output.dir = {out_dir})")
     os.makedirs(out_dir, exist_ok=True)
     seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
 
-    train_set, val_set, num_classes = create_datasets(dcfg, seed=tcfg["seed"])
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg["model"]["name"])
+    train_set, val_set, num_classes = create_datasets(
+        dcfg, seed=tcfg["seed"], pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else None)
     model = build_model(cfg, num_classes).to(device)
     if tcfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     n_params = sum(p.numel() for p in model.parameters())
 
     grad_accum = int(tcfg["grad_accum"])
     if grad_accum < 1:
-        raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}")
+        raise UserError(f"train.grad_accum must be >= 1, got {grad_accum}")
     batch = dcfg["batch_size"]
-    steps_per_epoch = len(epoch_batches(len(train_set), batch, 0, 0, True, rank, world, drop_last=True))
+    repeats = int(dcfg["aug_repeats"] or 0)
+    steps_per_epoch = len(epoch_batches(len(train_set), batch, 0, 0, True, rank, world, drop_last=True,
+                                        repeats=repeats))
+    if steps_per_epoch == 0:
+        raise UserError(f"data.batch_size {batch} x {world} process(es) is larger than the training set "
+                        f"({len(train_set)} images): no full batch per epoch")
     if tcfg["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(tcfg["max_steps_per_epoch"]))
     updates_per_epoch = max(1, steps_per_epoch // grad_accum)
@@ -236,8 +200,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                     weight_decay=cfg["optim"]["weight_decay"], momentum=cfg["optim"]["momentum"])
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=cfg["sched"]["name"], num_epochs=tcfg["epochs"], warmup_epochs=cfg["sched"]["warmup_epochs"],
-        warmup_lr=cfg["sched"]["warmup_lr"], min_lr=cfg["sched"]["min_lr"], step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch)
+        warmup_lr=cfg["sched"]["warmup_lr"], min_lr=cfg["sched"]["min_lr"],
+        cooldown_epochs=cfg["sched"]["cooldown_epochs"], step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=(tcfg["amp"] == "fp16" and device.type == "cuda"))
     ema = None
     if tcfg["ema_decay"]:
@@ -251,11 +215,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
         mixup_fn = Mixup(mixup_alpha=tcfg["mixup"], cutmix_alpha=tcfg["cutmix"],
                          label_smoothing=tcfg["label_smoothing"], num_classes=num_classes)
-        from timm.loss import SoftTargetCrossEntropy
-
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
+    criterion = make_criterion(tcfg, mixup_fn is not None)
+    clip_grad, clip_mode = cfg["optim"]["clip_grad"], cfg["optim"]["clip_mode"]
+    from timm.utils import dispatch_clip_grad
 
     train_model = model
     if world > 1:
@@ -266,16 +228,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     start_epoch, start_step, history, best = 0, 0, [], {"val_top1": -1.0, "epoch": -1}
     partial = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
-    last_path = os.path.join(out_dir, "last.pth")
     if args.resume:
-        if not os.path.exists(last_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt = load_checkpoint_file(last_path, "--resume checkpoint")
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "rng" not in ckpt:
+            raise UserError(f"--resume: {last_path} is not a tools/train.py checkpoint")
+        load_state_dict_or_explain(model, ckpt["model"], f"--resume checkpoint {last_path}")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:
+            raise UserError(f"--resume: the optimizer state in {last_path} does not fit optim.name "
+                            f"{cfg['optim']['name']!r}: {exc}") from None
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None:
+            if ckpt.get("ema") is None:
+                raise UserError(f"--resume: {last_path} has no EMA state but train.ema_decay is set")
             ema.load_state_dict(ckpt["ema"])
         start_epoch, start_step = ckpt["epoch"], ckpt["step"]
         history, best, partial = ckpt["history"], ckpt["best"], ckpt["partial"]
@@ -296,21 +263,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          "epoch": epoch, "step": step, "history": history, "best": best, "partial": partial,
                          "rng": rng, "config": cfg}, last_path)
 
+    def run_eval(net: nn.Module, desc: str) -> Dict[str, float]:
+        return evaluate(net, val_set, dcfg["val_batch_size"], device, amp=tcfg["amp"],
+                        channels_last=tcfg["channels_last"], rank=rank, world=world, workers=dcfg["workers"],
+                        desc=desc)
+
     show = ocfg["progress"] and rank == 0
     from tqdm import tqdm
 
     for epoch in range(start_epoch, num_epochs):
         train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
-        batches = epoch_batches(len(train_set), batch, epoch, tcfg["seed"], True, rank, world, drop_last=True)
+        batches = epoch_batches(len(train_set), batch, epoch, tcfg["seed"], True, rank, world, drop_last=True,
+                                repeats=repeats)
         batches = batches[:steps_per_epoch]
+        loader = make_loader(train_set, batches[start_step:], dcfg["workers"], device,
+                             key=(tcfg["seed"], epoch, rank), first_batch=start_step)
         train_model.train()
         bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not show,
                    dynamic_ncols=True)
-        for step in range(start_step, len(batches)):
-            tic = time.perf_counter()
-            idx = batches[step]
-            images = torch.stack([train_set[i][0] for i in idx]).to(device)
-            target = torch.stack([torch.as_tensor(train_set[i][1]) for i in idx]).to(device)
+        tic = time.perf_counter()
+        for step, (images, target) in zip(range(start_step, len(batches)), loader):
+            images, target = images.to(device, non_blocking=True), torch.as_tensor(target).to(device)
+            n = len(target)
             if mixup_fn is not None:
                 images, target = mixup_fn(images, target)
             if tcfg["channels_last"]:
@@ -323,9 +297,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}")
             scaler.scale(loss / grad_accum).backward()
             if sync:
-                if cfg["optim"]["clip_grad"]:
+                if clip_grad:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"])
+                    dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -333,8 +307,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 scheduler.step_update(num_updates=update)
                 if ema is not None:
                     ema.update(model, step=update)
-            partial["loss_sum"] += loss.item() * len(idx)
-            partial["samples"] += len(idx)
+            partial["loss_sum"] += loss.item() * n
+            partial["samples"] += n
             partial["seconds"] += time.perf_counter() - tic
             lr = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
@@ -343,15 +317,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             every = ocfg["checkpoint_every_steps"]
             if every and (step + 1) % every == 0 and step + 1 < len(batches):
                 checkpoint(epoch, step + 1)
+            tic = time.perf_counter()
         bar.close()
         scheduler.step(epoch + 1)
 
-        metrics = evaluate(model, val_set, dcfg["val_batch_size"], device, cfg, rank, world)
+        metrics = run_eval(model, "val")
         row = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / max(partial["samples"], 1), **metrics,
                "lr": optimizer.param_groups[0]["lr"],
                "train_img_s": partial["samples"] * world / max(partial["seconds"], 1e-9)}
-        row["ema_val_top1"] = (evaluate(ema.module, val_set, dcfg["val_batch_size"], device, cfg, rank, world)
-                               ["val_top1"] if ema is not None else None)
+        row["ema_val_top1"] = run_eval(ema.module, "val (EMA)")["val_top1"] if ema is not None else None
         history.append(row)
         partial = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
         start_step = 0
@@ -361,8 +335,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         checkpoint(epoch + 1, 0)
         if rank == 0:
             if is_best:
-                save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "metrics": row, "config": cfg},
-                            os.path.join(out_dir, "best.pth"))
+                save_atomic({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                             "epoch": epoch + 1, "metrics": row, "config": cfg}, os.path.join(out_dir, "best.pth"))
             write_curves(history, out_dir)
             print(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                   f"val_top1 {row['val_top1']:.2f}% val_top5 {row['val_top5']:.2f}%", flush=True)
@@ -379,4 +353,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -5,7 +5,10 @@ inside the scikit-learn wheel, so nothing is downloaded), upsampled to ``img_siz
 fixed train/val partition. Augmentation (random translation) is a pure function of (seed, epoch, index), so a resumed
 run sees exactly the batches the killed run would have seen.
 
-``imagefolder``: ``root/train`` and ``root/val`` in the ImageNet layout, with timm's transforms.
+``imagefolder``: ``root/train`` and ``root/val`` in the ImageNet layout, with timm's transforms (RandAugment, colour
+jitter, random erasing from the config; mean/std, interpolation and eval crop from the model's pretrained_cfg unless
+the config sets them). Training augmentation is seeded per sample (``SeededAugmentation``), so it does not depend on
+the number of DataLoader workers and a resumed run sees the augmentation the uninterrupted one would have.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["DigitsDataset", "create_datasets", "DIGITS_MEAN", "DIGITS_STD"]
+__all__ = ["DigitsDataset", "SeededAugmentation", "create_datasets", "image_folder", "timm_data_config",
+           "imagefolder_eval_transform", "DIGITS_MEAN", "DIGITS_STD"]
 
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.4  # of the [0, 1]-scaled digits pixels; rounded
 
@@ -73,8 +77,84 @@ class DigitsDataset(Dataset):
         return image, self.labels[idx]
 
 
-def create_datasets(data_cfg: Dict[str, Any], seed: int = 0, model=None):
-    """Return (train_dataset, val_dataset, num_classes) for a config's ``data`` section."""
+class SeededAugmentation(Dataset):
+    """Wrap a dataset whose transform is random so that each sample's augmentation is a pure function of a key.
+
+    Items are requested as ``(index, key)`` (see ``vitzoo.tools_common.make_loader``): python's, numpy's and torch's
+    global RNGs are seeded from ``(seed, key)`` around the transform and restored afterwards. The same batches then
+    get the same augmentation whatever the number of DataLoader workers and after a mid-epoch resume, and a repeated
+    index (repeated augmentation) gets a different augmentation per repeat because its key differs.
+    """
+
+    keyed = True
+
+    def __init__(self, base: Dataset, seed: int = 0):
+        self.base = base
+        self.seed = seed
+        self.classes = getattr(base, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item):
+        import random
+
+        import numpy as np
+
+        idx, key = item if isinstance(item, tuple) else (item, (item,))
+        mixed = self.seed
+        for part in key:
+            mixed = (mixed * 1_000_003 + int(part)) % (1 << 61)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(mixed)  # the CPU generator only: CUDA RNGs stay untouched
+                random.seed(mixed)
+                np.random.seed(mixed % (1 << 32))
+                return self.base[idx]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def image_folder(path: str, transform=None, what: str = "data.root"):
+    """torchvision ImageFolder with one-line errors for a missing or empty folder."""
+    import os
+
+    from torchvision.datasets import ImageFolder
+
+    if not os.path.isdir(path):
+        raise ValueError(f"{what}: folder {path!r} does not exist")
+    try:
+        return ImageFolder(path, transform)
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
+        raise ValueError(f"{what}: {str(exc).splitlines()[0]}") from None
+
+
+def timm_data_config(data_cfg: Dict[str, Any], model=None, pretrained_cfg=None) -> Dict[str, Any]:
+    """timm data config (input size, interpolation, crop_pct, mean, std) for a config's ``data`` section: the model's
+    pretrained_cfg values unless the config sets them."""
+    from timm.data import resolve_data_config
+
+    args: Dict[str, Any] = {"input_size": (data_cfg["in_chans"], data_cfg["img_size"], data_cfg["img_size"])}
+    if data_cfg.get("interpolation"):
+        args["interpolation"] = data_cfg["interpolation"]
+    if data_cfg.get("crop_pct"):
+        args["crop_pct"] = data_cfg["crop_pct"]
+    return resolve_data_config(args, pretrained_cfg=pretrained_cfg, model=model)
+
+
+def imagefolder_eval_transform(data_config: Dict[str, Any]):
+    from timm.data import create_transform
+
+    return create_transform(**data_config, is_training=False)
+
+
+def create_datasets(data_cfg: Dict[str, Any], seed: int = 0, model=None, pretrained_cfg=None):
+    """Return (train_dataset, val_dataset, num_classes) for a config's ``data`` section.
+
+    ``model`` or ``pretrained_cfg`` (a dict) supply the imagefolder defaults (mean/std, interpolation, crop_pct).
+    """
     name = data_cfg["dataset"]
     if name == "digits":
         common = dict(img_size=data_cfg["img_size"], in_chans=data_cfg["in_chans"],
@@ -84,15 +164,28 @@ def create_datasets(data_cfg: Dict[str, Any], seed: int = 0, model=None):
     if name == "imagefolder":
         import os
 
-        from timm.data import create_transform, resolve_data_config
-        from torchvision.datasets import ImageFolder
+        from timm.data import create_transform
 
         root = data_cfg["root"]
-        if not root or not os.path.isdir(os.path.join(root, "train")) or not os.path.isdir(os.path.join(root, "val")):
-            raise ValueError(f"data.root must be a folder with train/ and val/ subfolders (ImageNet layout), got {root!r}")
-        tcfg = resolve_data_config({}, model=model) if model is not None else {}
-        tcfg["input_size"] = (data_cfg["in_chans"], data_cfg["img_size"], data_cfg["img_size"])
-        train = ImageFolder(os.path.join(root, "train"), create_transform(**tcfg, is_training=data_cfg["augment"]))
-        val = ImageFolder(os.path.join(root, "val"), create_transform(**tcfg, is_training=False))
-        return train, val, len(train.classes)
+        if not root:
+            raise ValueError("data.root is not set: the imagefolder dataset needs a folder with train/ and val/ "
+                             "class subfolders (ImageNet layout)")
+        if not os.path.isdir(root):
+            raise ValueError(f"data.root: folder {root!r} does not exist")
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(root, split)):
+                raise ValueError(f"data.root {root!r} has no {split}/ subfolder (expected the ImageNet layout: "
+                                 f"train/<class>/<image>, val/<class>/<image>)")
+        cfg = timm_data_config(data_cfg, model=model, pretrained_cfg=pretrained_cfg)
+        train_cfg = dict(cfg, interpolation=data_cfg.get("train_interpolation") or cfg["interpolation"])
+        train_tf = create_transform(
+            **train_cfg, is_training=True, auto_augment=data_cfg["auto_augment"],
+            color_jitter=data_cfg["color_jitter"] or None, re_prob=data_cfg["reprob"],
+        ) if data_cfg["augment"] else imagefolder_eval_transform(cfg)
+        train = image_folder(os.path.join(root, "train"), train_tf, "data.root train/")
+        val = image_folder(os.path.join(root, "val"), imagefolder_eval_transform(cfg), "data.root val/")
+        if train.classes != val.classes:
+            raise ValueError(f"data.root {root!r}: train/ and val/ have different class folders "
+                             f"({len(train.classes)} vs {len(val.classes)})")
+        return SeededAugmentation(train, seed), val, len(train.classes)
     raise ValueError(f"data.dataset must be 'digits' or 'imagefolder', got {name!r}")
