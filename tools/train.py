@@ -290,7 +290,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             if tcfg["channels_last"]:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = (step + 1) % grad_accum == 0 or step + 1 == len(batches)
-            no_sync = train_model.no_sync if (world > 1 and not sync and hasattr(train_model, "no_sync")) else nullcontext
+            skip_allreduce = world > 1 and not sync and hasattr(train_model, "no_sync")
+            no_sync = train_model.no_sync if skip_allreduce else nullcontext
             with no_sync(), autocast_ctx(tcfg["amp"], device):
                 loss = criterion(train_model(images), target)
             if not torch.isfinite(loss):
