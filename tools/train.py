@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -39,9 +38,10 @@ from timm.scheduler import create_scheduler_v2  # noqa: E402
 import vitzoo  # noqa: E402,F401  (registers the vitzoo models with timm)
 from vitzoo.config import load_config  # noqa: E402
 from vitzoo.data import create_datasets  # noqa: E402
-from vitzoo.tools_common import (UserError, autocast_ctx, build_model, check_model_name,  # noqa: E402,F401
-                                 epoch_batches, evaluate, load_checkpoint_file, load_state_dict_or_explain,
-                                 make_loader, run_cli, to_channels_last)
+from vitzoo.tools_common import (UserError, autocast_ctx, build_model, capture_rng,  # noqa: E402,F401
+                                 check_model_name, epoch_batches, evaluate, load_checkpoint_file,
+                                 load_state_dict_or_explain, make_loader, restore_rng, run_cli, save_atomic,
+                                 seed_everything, setup_distributed, to_channels_last)
 
 CHECKPOINT_VERSION = 1
 
@@ -55,68 +55,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <output.dir>/last.pth")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     return p.parse_args(argv)
-
-
-def setup_distributed(device_arg: Optional[str]):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = (device_arg or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return rank, world, device
-
-
-def capture_rng() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # pragma: no cover
-        pass
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def save_atomic(state: Dict[str, Any], path: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a kill at any moment leaves the old or the new
-    checkpoint, never a torn one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- loops

@@ -29,12 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-_TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(_TOOLS, ".."))  # run from a checkout too
-sys.path.insert(1, _TOOLS)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout too
 
-from train import (autocast_ctx, capture_rng, epoch_batches, restore_rng, save_atomic,  # noqa: E402
-                   seed_everything, setup_distributed)
 from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.scheduler import create_scheduler_v2  # noqa: E402
 
@@ -42,6 +38,8 @@ import vitzoo  # noqa: E402,F401  (registers the vitzoo models with timm)
 from vitzoo.det.coco_data import (CocoDetection, build_coins_dataset, coco_evaluate, collate,  # noqa: E402
                                   detections_to_coco)
 from vitzoo.det.config import load_det_config  # noqa: E402
+from vitzoo.tools_common import (autocast_ctx, capture_rng, epoch_batches, restore_rng, save_atomic,  # noqa: E402
+                                 seed_everything, setup_distributed)
 from vitzoo.det.torchvision_det import build_detector  # noqa: E402
 
 CHECKPOINT_VERSION = 1

@@ -9,16 +9,19 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import random
 import sys
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["UserError", "run_cli", "check_model_name", "build_model", "load_checkpoint_file",
            "is_training_checkpoint", "state_dict_from_checkpoint", "autocast_ctx", "epoch_batches", "make_loader",
-           "evaluate", "load_state_dict_or_explain", "to_channels_last"]
+           "evaluate", "load_state_dict_or_explain", "to_channels_last", "setup_distributed", "capture_rng",
+           "restore_rng", "seed_everything", "save_atomic"]
 
 EXIT_BAD_INPUT = 2
 
@@ -327,3 +330,66 @@ def evaluate(model: nn.Module, dataset, batch: int, device: torch.device, amp: s
     if count == 0:
         raise UserError("the evaluation set is empty")
     return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * top5 / count}
+
+
+# ----------------------------------------------------------------------------------------------- run state
+def setup_distributed(device_arg: Optional[str]):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device_arg or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+def capture_rng() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def save_atomic(state: Dict[str, Any], path: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill at any moment leaves the old or the new
+    checkpoint, never a torn one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
