@@ -34,7 +34,7 @@ from vitzoo.ops import AgentBiases, agent_attention, agent_biases, agent_pool
 from ._partition_attn import check_attn_backend
 
 __all__ = ["AgentAttentionBase", "parse_attn_types", "resize_axis", "adapt_agent_bias_param", "unwrap_state_dict",
-           "AGENT_BIAS_NAMES"]
+           "AGENT_BIAS_NAMES", "init_official_weights", "reset_linear_head"]
 
 IntPair = Tuple[int, int]
 AGENT_BIAS_NAMES = ("an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias")
@@ -243,3 +243,28 @@ def unwrap_state_dict(state_dict: Dict[str, object]) -> Dict[str, torch.Tensor]:
             state_dict = state_dict[wrapper]  # type: ignore[assignment]
             break
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}  # type: ignore
+
+
+def init_official_weights(m: nn.Module) -> None:
+    """The release's init (both families): trunc-normal(.02) linears with zero bias, unit LayerNorms; convs keep
+    torch's default. Use as ``model.apply(init_official_weights)``."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def reset_linear_head(model: nn.Module, num_classes: int, global_pool: Optional[str]) -> None:
+    """timm's ``reset_classifier`` for a pooled-linear head: ``global_pool`` '' or 'avg', the new head on the model's
+    device and dtype (taken from any parameter: the final norm may have been pruned to Identity)."""
+    if global_pool is not None:
+        if global_pool not in ("", "avg"):
+            raise ValueError(f"global_pool must be '' or 'avg', got {global_pool!r}")
+        model.global_pool = global_pool
+    model.num_classes = num_classes
+    ref = next(model.parameters())
+    model.head = (nn.Linear(model.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                  if num_classes > 0 else nn.Identity())

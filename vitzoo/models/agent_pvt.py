@@ -44,7 +44,8 @@ from timm.models._features import feature_take_indices
 
 from vitzoo.ops import biased_attention
 
-from ._agent_attn import AgentAttentionBase, adapt_agent_bias_param, parse_attn_types, unwrap_state_dict
+from ._agent_attn import (AgentAttentionBase, adapt_agent_bias_param, init_official_weights, parse_attn_types,
+                          reset_linear_head, unwrap_state_dict)
 from ._partition_attn import check_attn_backend
 
 __all__ = ["AgentPvt", "AgentPvtAttention", "SpatialReductionAttention", "AgentPvtBlock", "AgentPvtStage",
@@ -324,18 +325,7 @@ class AgentPvt(nn.Module):
         self.norm = nn.Identity()  # the release has no final norm
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # official init: trunc-normal(.02) linears with zero bias, unit LayerNorms; convs keep torch's default
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_official_weights)
 
     def set_attn_backend(self, backend: str) -> None:
         """Switch every attention layer to ``backend`` ("auto" | "torch" | "triton")."""
@@ -371,14 +361,7 @@ class AgentPvt(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("", "avg"):
-                raise ValueError(f"global_pool must be '' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        ref = self.stages[0].pos_embed
-        self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-                     if num_classes > 0 else nn.Identity())
+        reset_linear_head(self, num_classes, global_pool)
 
     def forward_intermediates(
             self,
