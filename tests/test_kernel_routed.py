@@ -95,9 +95,9 @@ def test_custom_op_autograd_compile_and_opcheck():
     for g, w in zip(torch.autograd.grad(out_c, (q, k, v), grad), got):
         torch.testing.assert_close(g, w)
 
-    from vitzoo.ops._routed_triton import _fwd
+    from vitzoo.ops._routed_triton import _OP
 
-    torch.library.opcheck(_fwd, (q.detach(), k.detach(), v.detach(), index, 4, 0.25),
+    torch.library.opcheck(_OP.forward_op, (q.detach(), k.detach(), v.detach(), index, 4, 0.25),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

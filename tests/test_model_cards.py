@@ -30,4 +30,8 @@ def test_card_numbers_match_the_measurements_file():
     for name in measured:
         text = open(os.path.join(ROOT, "model_cards", f"{name}.md")).read()
         line = next(l for l in text.splitlines() if l.startswith(f"| vitzoo `{name}`"))
-        assert f"| {rows[name]['infer_img_s']:.0f} |" in line and f"| {rows[name]['train_img_s']:.0f} |" in line
+        assert f"| {rows[name]['infer_img_s']:.0f} |" in line
+        if rows[name].get("train_error"):  # a failed train step is said, never shown as a number
+            assert "| failed in this run:" in line
+        else:
+            assert f"| {rows[name]['train_img_s']:.0f} |" in line

@@ -236,6 +236,20 @@ def test_agent_pool_matches_module_and_pairs():
     ref = pooled.permute(0, 2, 1).reshape(b, 12, heads, d).permute(0, 2, 1, 3)
     torch.testing.assert_close(agent_pool(q, (h, w), (3, 4)), ref)
     assert agent_pool(q, (h, w), 9).shape == (b, heads, 9, d)
+    # uneven bins (17 -> 5 overlaps neighbours) and the gradient of the separable GEMM form
+    q2 = torch.randn(1, 2, 13 * 17, 3, dtype=torch.float64, requires_grad=True)
+    want = nn.AdaptiveAvgPool2d((4, 5))(q2.transpose(-1, -2).reshape(1, 6, 13, 17)).reshape(1, 2, 3, 20).transpose(-1, -2)
+    torch.testing.assert_close(agent_pool(q2, (13, 17), (4, 5)), want)
+    assert torch.autograd.gradcheck(lambda t: agent_pool(t, (13, 17), (4, 5)), (q2,), fast_mode=True)
+
+
+def test_agent_pool_after_inference_mode_trains():
+    """The pooling operators are cached; a first call under inference_mode must not poison a later training call."""
+    with torch.inference_mode():
+        agent_pool(torch.randn(1, 2, 11 * 7, 4), (11, 7), (2, 3))
+    q = torch.randn(1, 2, 11 * 7, 4, requires_grad=True)
+    agent_pool(q, (11, 7), (2, 3)).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
 def test_agent_errors():

@@ -112,13 +112,16 @@ def test_repeated_augmentation_split_over_ranks():
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
+# CPU smoke setting: one tiny step of each kind
+SMOKE = ["--img-size", "64", "--infer-batch", "1", "--train-batch", "2", "--warmup", "0", "--iters", "1",
+         "--windows", "1", "--dtype", "fp32", "--mode", "eager"]
+
+
 def test_benchmark_cpu_smoke_side_by_side(tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import benchmark
 
-    rows = benchmark.main(["--models", "vz_efficientvit_m0", "--pairs", "--img-size", "64",
-                           "--infer-batch", "1", "--train-batch", "2", "--warmup", "0", "--iters", "1",
-                           "--windows", "1", "--dtype", "fp32", "--mode", "eager", "--out", str(tmp_path)])
+    rows = benchmark.main(["--models", "vz_efficientvit_m0", "--pairs", *SMOKE, "--out", str(tmp_path)])
     assert [r["model"] for r in rows] == ["vz_efficientvit_m0", "efficientvit_m0"]
     data = json.load(open(tmp_path / "benchmark.json"))
     # the schema tools/make_cards.py reads
@@ -132,6 +135,40 @@ def test_benchmark_cpu_smoke_side_by_side(tmp_path, capsys):
     assert (tmp_path / "benchmark.csv").is_file() and (tmp_path / "benchmark.png").is_file()
     out = capsys.readouterr().out
     assert "x ref (inf/train)" in out and "efficientvit_m0" in out.split("x ref")[1]
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """One intra-op thread: on a small CI box with a busy neighbour, OpenMP's spin-waits make these few-millisecond
+    ops take seconds (10x slower than one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_cpu_smoke_official_competitor(tmp_path, capsys, one_cpu_thread):
+    """A family timm does not have is measured against its official code (tools/competitors), and the card shows it."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark
+    import make_cards
+
+    # bf16 as on the GPU: inference, then training in the same autocast dtype (GFLOPs are counted in fp32)
+    rows = benchmark.main(["--models", "agent_pvt_t", "--pairs", *SMOKE, "--dtype", "bf16", "--out", str(tmp_path)])
+    assert [r["model"] for r in rows] == ["agent_pvt_t", "official:agent_pvt_t"]
+    assert benchmark.SUITES["agent"][:2] == ["agent_swin_t", "official:agent_swin_t"]
+    assert len(benchmark.SUITES["agent"]) == 14 and set(benchmark.SUITES["agent"]) <= set(benchmark.SUITES["issue6"])
+    ours, theirs = json.load(open(tmp_path / "benchmark.json"))["rows"]
+    assert ours["vs"] == "official:agent_pvt_t" and theirs["vs"] is None
+    assert theirs["params_M"] == ours["params_M"]  # the same architecture
+    assert theirs["gflops"] == pytest.approx(ours["gflops"], rel=0.01)  # on CPU vitzoo's torch path is counted too
+    for r in (ours, theirs):  # a train step after inference mode (the benchmark's order) works for both
+        assert r["infer_img_s"] > 0 and r["train_img_s"] > 0, r
+    assert "official:agent_pvt_t" in capsys.readouterr().out.split("x ref")[1]
+    card = make_cards.card("agent_pvt_t", make_cards.load_measurements([str(tmp_path / "benchmark.json")]))
+    line = next(ln for ln in card.splitlines() if "`official:agent_pvt_t`" in ln)
+    assert line.startswith("| official Agent-PVT code") and f"| {theirs['infer_img_s']:.0f} |" in line
+    assert f"| {theirs['train_img_s']:.0f} |" in line
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -183,6 +220,8 @@ def _bad_cases(tmp):
                                                f"{tmp}/bench"],
                                  "vz_halonet_h1: HaloNet input height and width must be multiples of"),
         "benchmark_nothing_to_do": ("benchmark", ["--out", f"{tmp}/bench"], "nothing to benchmark"),
+        "benchmark_unknown_competitor": ("benchmark", ["--models", "official:agent_pvt_x", "--out", f"{tmp}/bench"],
+                                         "--models 'official:agent_pvt_x' is not a known competitor; known: "),
     }
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Throughput, peak memory, params and FLOPs of vitzoo and timm models, side by side in one process.
+"""Throughput, peak memory, params and FLOPs of vitzoo, timm and official-code models, side by side in one process.
 
     python tools/benchmark.py --models biformer_s swin_tiny_patch4_window7_224 [--mode both] [--out runs/bench]
     python tools/benchmark.py --models vz_davit_tiny --pairs          # + its timm twin (davit_tiny), same process
+    python tools/benchmark.py --models agent_swin_t --pairs           # + the official code (official:agent_swin_t)
     python tools/benchmark.py --suite all --out model_cards/measurements
 
 Setting (the project's standard): bf16 autocast (``--dtype bf16|fp16|fp32``; fp32 = no autocast), channels_last,
@@ -11,6 +12,9 @@ after warm-up, median of several windows; eager, ``--compile`` (torch.compile) o
 GFLOPs: forward at batch 1 with torch.utils.flop_counter (FLOPs inside vitzoo's Triton ops are not counted). Peak
 memory: CUDA only (torch.cuda.max_memory_allocated). On CPU (no GPU) it still runs, with small batches, for smoke
 tests; only GPU numbers go into model cards.
+
+Competitors that are not timm models are named ``official:<vitzoo name>`` (``tools/competitors/``: the official
+code, transcribed; e.g. ``official:agent_pvt_t``); they take ``--models`` too.
 
 Writes ``benchmark.csv``, ``benchmark.json`` (rows + environment + setting; read by tools/make_cards.py) and
 ``benchmark.png`` to ``--out``, and prints a table. A model name timm does not know, or an image size a model cannot
@@ -31,13 +35,15 @@ from typing import Dict, List, Optional
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/competitors, also when imported from elsewhere
 
 import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
+from competitors import COMPETITORS, create_competitor, is_competitor  # noqa: E402
 from vitzoo.tools_common import UserError, autocast_ctx, check_model_name, run_cli, to_channels_last  # noqa: E402,E501
 
-# vitzoo model -> the timm (or official-equivalent) model it is compared with, where one exists
+# vitzoo model -> the timm model (or ``official:<name>`` competitor) it is compared with, where one exists
 PAIRS: Dict[str, Optional[str]] = {}
 SUITES: Dict[str, List[str]] = {}
 
@@ -58,9 +64,17 @@ def _register_suites() -> None:
     for ours, theirs in candidates.items():
         if ours in names:
             PAIRS[ours] = theirs
+    for theirs in COMPETITORS:  # families timm does not have: their official code, same name
+        ours = theirs.split(":", 1)[1]
+        if ours in names:
+            PAIRS[ours] = theirs
+    timm_twins = [m for m in PAIRS if PAIRS[m] and not is_competitor(PAIRS[m])]
+    official = [m for m in PAIRS if PAIRS[m] and is_competitor(PAIRS[m])]
     SUITES["anchors"] = ["swin_tiny_patch4_window7_224"]
-    SUITES["issue7"] = [m for m in PAIRS if PAIRS[m]] + [PAIRS[m] for m in PAIRS if PAIRS[m]]
-    SUITES["issue6"] = [m for m in PAIRS if not PAIRS[m]] + ["swin_tiny_patch4_window7_224"]
+    SUITES["agent"] = [m for ours in official if ours.startswith("agent_") for m in (ours, PAIRS[ours])]
+    SUITES["issue7"] = timm_twins + [PAIRS[m] for m in timm_twins]
+    SUITES["issue6"] = ([m for m in PAIRS if not PAIRS[m]] + [m for ours in official for m in (ours, PAIRS[ours])]
+                        + ["swin_tiny_patch4_window7_224"])
     SUITES["all"] = SUITES["issue6"] + SUITES["issue7"]
 
 
@@ -82,6 +96,8 @@ def count_gflops(model: torch.nn.Module, size: int, in_chans: int) -> Optional[f
 
 def create(name: str, img_size: Optional[int]) -> torch.nn.Module:
     """The model at its default size, or built for ``img_size`` when its constructor takes one."""
+    if is_competitor(name):
+        return create_competitor(name, **({} if img_size is None else {"img_size": img_size}))
     if img_size is None:
         return timm.create_model(name, pretrained=False)
     try:
@@ -115,7 +131,7 @@ def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
         model = create(name, args.img_size)
     except ValueError as exc:  # e.g. MaxViT: img_size not a multiple of its window/grid
         raise UserError(f"{name}: {exc}") from None
-    cfg = model.pretrained_cfg
+    cfg = getattr(model, "pretrained_cfg", None) or {}  # competitors have none: 3 x 224 x 224
     in_chans = cfg.get("input_size", (3, 224, 224))[0]
     size = args.img_size or cfg.get("input_size", (3, 224, 224))[-1]
     row = {"model": name, "img": size, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -211,7 +227,9 @@ def save(rows: List[Dict], env: Dict, out: str, args) -> None:
         writer.writeheader()
         writer.writerows(rows)
     setting = {"amp": args.dtype, "channels_last": True, "infer_batch": args.infer_batch,
-               "train_batch": args.train_batch, "modes": args.modes, "img_size": args.img_size}
+               "train_batch": args.train_batch, "modes": args.modes, "img_size": args.img_size,
+               "warmup": args.warmup, "iters": args.iters, "windows": args.windows,
+               "autotune": os.environ.get("VITZOO_AUTOTUNE", "1") not in ("0", "false", "False")}
     with open(os.path.join(out, "benchmark.json"), "w") as f:
         json.dump({"env": env, "setting": setting, "rows": rows}, f, indent=1)
 
@@ -240,7 +258,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def table(rows: List[Dict]) -> str:
-    """Plain-text table; ``x ref`` = this row's img/s over its reference's (timm twin) in the same run and mode."""
+    """Plain-text table; ``x ref`` = this row's img/s over its reference's (timm twin or official code) in the same
+    run and mode."""
     by_key = {(r["model"], r["compiled"]): r for r in rows}
     head = (f"{'model':34s} {'mode':7s} {'params M':>8s} {'GFLOPs':>7s} {'infer img/s':>11s} {'peak GB':>7s} "
             f"{'train img/s':>11s} {'peak GB':>7s} {'x ref (inf/train)':>18s}")
@@ -266,7 +285,8 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--models", nargs="*", default=[])
     p.add_argument("--suite", choices=sorted(SUITES), default=None)
     p.add_argument("--pairs", action="store_true",
-                   help="also benchmark the timm model each listed vitzoo model corresponds to (right after it)")
+                   help="also benchmark the timm model or official code (official:<name>) each listed vitzoo "
+                        "model is compared with (right after it)")
     p.add_argument("--mode", choices=("eager", "compile", "both"), default=None,
                    help="eager (default), torch.compile (default mode), or both (one row each)")
     p.add_argument("--compile", action="store_true", help="same as --mode compile")
@@ -297,7 +317,11 @@ def main(argv=None) -> List[Dict]:
         raise UserError(f"--img-size must be positive, got {args.img_size}")
     models: List[str] = []
     for name in list(args.models) + (SUITES[args.suite] if args.suite else []):
-        check_model_name(name, "--models")
+        if is_competitor(name):
+            if name not in COMPETITORS:
+                raise UserError(f"--models {name!r} is not a known competitor; known: {', '.join(COMPETITORS)}")
+        else:
+            check_model_name(name, "--models")
         twin = PAIRS.get(name) if args.pairs else None
         models += [m for m in (name, twin) if m and m not in models]
     if not models:

@@ -160,19 +160,36 @@ def _num(value: Optional[float], fmt: str) -> str:
 
 
 def reference_of(name: str, meas: Dict):
-    """(label, row) of what this model is compared with: its timm twin, the official code anchor or Swin-T."""
+    """(label, row) of what this model is compared with: its timm twin, the official code (a benchmark row or the
+    team's anchor) or Swin-T."""
     fam = FAMILIES[family(name)]
     twin = name[3:].replace("maxvit_tiny_224", "maxvit_tiny_tf_224").replace(
         "maxvit_small_224", "maxvit_small_tf_224").replace("maxvit_base_224", "maxvit_base_tf_224") \
         if name.startswith("vz_") else None
     if twin and twin in meas["by_model"]:
         return f"timm `{twin}` (measured in the same run)", meas["by_model"][twin]
+    official = f"official:{name}"  # tools/benchmark.py's competitor row: the official code, transcribed
+    if official in meas["by_model"]:
+        ref = meas["by_model"][official]
+        ours = meas["by_model"].get(name)
+        run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
+        return f"{fam['reference']}: `{official}`, tools/competitors/ ({run})", ref
     if name in OFFICIAL_ANCHORS:
         return "official code, eager (team anchor, same GPU and setting, `shared/anchors2-h100.json`)", \
             OFFICIAL_ANCHORS[name]
     if SWIN_T in meas["by_model"] and family(name) in ("nat", "dinat") and name.endswith(("_tiny", "_mini")):
         return f"timm `{SWIN_T}` (same FLOP class, measured in the same run)", meas["by_model"][SWIN_T]
     return fam["reference"] + " (not measured yet)", None
+
+
+def _tiles(setting: Dict) -> str:
+    """How the Triton tile configs were chosen; files written before the key existed were run with autotuning off."""
+    text = "autotuned per shape" if setting.get("autotune") else "first config (autotuning off)"
+    if setting.get("iters") is not None:
+        text += f"; timing: {setting['iters']} iterations x {setting.get('windows')} windows"
+    if setting.get("note"):
+        text += f"; {setting['note']}"
+    return text
 
 
 def card(name: str, meas: Dict) -> str:
@@ -205,7 +222,7 @@ def card(name: str, meas: Dict) -> str:
         "",
         f"bf16 autocast, channels_last, inference batch {setting['infer_batch']}, train step (fwd + bwd + AdamW) "
         f"batch {setting['train_batch']}; torch {env['torch']}, triton {env['triton']}, timm {env['timm']}; "
-        f"Triton tiles: first config (autotuning off). Source: `{source}`.",
+        f"Triton tiles: {_tiles(setting)}. Source: `{source}`.",
         "",
         "| implementation | inference img/s | inference peak GB | train img/s | train peak GB |",
         "|---|---|---|---|---|",
@@ -213,9 +230,10 @@ def card(name: str, meas: Dict) -> str:
     if row is None:
         lines.append(f"| vitzoo `{name}` | not measured yet | | | |")
     else:
+        train = _num(row.get('train_img_s'), '.0f') if not row.get("train_error") else \
+            "failed in this run: " + row["train_error"].split(":")[0]
         lines.append(f"| vitzoo `{name}` | {_num(row.get('infer_img_s'), '.0f')} | "
-                     f"{_num(row.get('infer_peak_GB'), '.2f')} | {_num(row.get('train_img_s'), '.0f')} | "
-                     f"{_num(row.get('train_peak_GB'), '.2f')} |")
+                     f"{_num(row.get('infer_peak_GB'), '.2f')} | {train} | {_num(row.get('train_peak_GB'), '.2f')} |")
     if ref is not None:
         lines.append(f"| {ref_label} | {_num(ref.get('infer_img_s'), '.0f')} | {_num(ref.get('infer_peak_GB'), '.2f')}"
                      f" | {_num(ref.get('train_img_s'), '.0f')} | {_num(ref.get('train_peak_GB'), '.2f')} |")

@@ -13,7 +13,8 @@ mAP), ``curves.png`` and ``summary.json``. ``--resume`` restores model, optimize
 epoch/step, partial-epoch sums and every rank's RNG state; the batch order and flips are pure functions of
 (seed, epoch), so a resumed CPU run is bit-for-bit the same as an uninterrupted one.
 
-The checkpoint / RNG / seeding / DDP / autocast helpers are tools/train.py's (imported, not copied).
+The checkpoint / RNG / seeding / DDP helpers are vitzoo.tools_common's; the detector, optimizer and training
+step are vitzoo.det.training's (shared with tools/bench_det.py).
 """
 from __future__ import annotations
 
@@ -31,16 +32,15 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout too
 
-from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.scheduler import create_scheduler_v2  # noqa: E402
 
 import vitzoo  # noqa: E402,F401  (registers the vitzoo models with timm)
 from vitzoo.det.coco_data import (CocoDetection, build_coins_dataset, coco_evaluate, collate,  # noqa: E402
                                   detections_to_coco)
 from vitzoo.det.config import load_det_config  # noqa: E402
-from vitzoo.tools_common import (autocast_ctx, capture_rng, epoch_batches, restore_rng, save_atomic,  # noqa: E402
-                                 seed_everything, setup_distributed)
-from vitzoo.det.torchvision_det import build_detector  # noqa: E402
+from vitzoo.det.training import build_detector_from_config, build_optimizer, grad_scaler, train_step  # noqa: E402
+from vitzoo.tools_common import (capture_rng, epoch_batches, restore_rng, save_atomic, seed_everything,  # noqa: E402
+                                 setup_distributed)
 
 CHECKPOINT_VERSION = 1
 
@@ -80,24 +80,6 @@ def create_det_datasets(cfg: Dict[str, Any], rank: int, world: int):
     if len(train_set) == 0:
         raise ValueError(f"{paths['train_ann']}: no training images left (data.skip_empty drops images without boxes)")
     return train_set, val_set
-
-
-def build_model(cfg: Dict[str, Any], num_classes: int) -> nn.Module:
-    m = cfg["model"]
-    arch = m["arch"]
-    post = ({"score_thresh": m["score_thresh"], "nms_thresh": m["nms_thresh"],
-             "detections_per_img": m["detections_per_img"]} if arch == "retinanet" else
-            {"box_score_thresh": m["score_thresh"], "box_nms_thresh": m["nms_thresh"],
-             "box_detections_per_img": m["detections_per_img"],
-             "rpn_batch_size_per_image": m["rpn_batch_size_per_image"],
-             "box_batch_size_per_image": m["box_batch_size_per_image"]})
-    return build_detector(arch, m["backbone"], num_classes, out_indices=m["out_indices"],
-                          frozen_stages=m["frozen_stages"], norm_eval=m["norm_eval"], out_norm=m["out_norm"],
-                          checkpoint=m["checkpoint"], model_kwargs=m["kwargs"], drop_path_rate=m["drop_path"],
-                          fpn_channels=m["fpn_channels"], anchor_sizes=m["anchor_sizes"],
-                          aspect_ratios=m["aspect_ratios"], min_size=m["min_size"], max_size=m["max_size"],
-                          representation_size=m["representation_size"], mask_head_dim=m["mask_head_dim"],
-                          head_norm=m["head_norm"], **post)
 
 
 def _loader(dataset, batches: List[List[int]], workers: int, seed: int):
@@ -206,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     train_set, val_set = create_det_datasets(cfg, rank, world)
     # same weights on every rank before DDP broadcasts them anyway; seeded so runs are repeatable
     torch.manual_seed(tcfg["seed"])
-    model = build_model(cfg, train_set.num_classes).to(device)
+    model = build_detector_from_config(cfg, train_set.num_classes).to(device)
     torch.manual_seed(tcfg["seed"] + rank)
     n_params = sum(p.numel() for p in model.parameters())
     last_path = os.path.join(out_dir, "last.pth")
@@ -232,14 +214,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         steps_per_epoch = min(steps_per_epoch, int(tcfg["max_steps_per_epoch"]))
 
     params = [p for p in model.parameters() if p.requires_grad]  # frozen backbone stages stay out of the optimizer
-    optimizer = create_optimizer_v2(model, opt=cfg["optim"]["name"], lr=cfg["optim"]["lr"],
-                                    weight_decay=cfg["optim"]["weight_decay"], momentum=cfg["optim"]["momentum"])
+    optimizer = build_optimizer(cfg, model)
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=cfg["sched"]["name"], num_epochs=tcfg["epochs"], warmup_epochs=cfg["sched"]["warmup_epochs"],
         warmup_lr=cfg["sched"]["warmup_lr"], min_lr=cfg["sched"]["min_lr"], step_on_epochs=False,
         decay_milestones=tuple(cfg["sched"]["decay_milestones"]), decay_rate=cfg["sched"]["decay_rate"],
         updates_per_epoch=steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=(tcfg["amp"] == "fp16" and device.type == "cuda"))
+    scaler = grad_scaler(tcfg["amp"], device)
 
     train_model: nn.Module = model
     if world > 1:
@@ -298,20 +279,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             images, targets = next(loader)
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            with autocast_ctx(tcfg["amp"], device):
-                loss_dict = train_model(images, targets)
-            loss = sum(loss_dict.values())
-            if not torch.isfinite(loss):
+            try:
+                loss, loss_dict = train_step(train_model, images, targets, optimizer, scaler, tcfg["amp"], device,
+                                             cfg["optim"]["clip_grad"], params)
+            except FloatingPointError as exc:
                 ids = [int(t["image_id"]) for t in targets]
-                raise FloatingPointError(f"non-finite loss {({k: v.item() for k, v in loss_dict.items()})} at epoch "
-                                         f"{epoch} step {step} (image ids {ids}); last good checkpoint: {last_path}")
-            scaler.scale(loss).backward()
-            if cfg["optim"]["clip_grad"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg["optim"]["clip_grad"])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"{exc} at epoch {epoch} step {step} (image ids {ids}); last good "
+                                         f"checkpoint: {last_path}") from None
             scheduler.step_update(num_updates=epoch * steps_per_epoch + step + 1)
 
             n = len(images)

@@ -1,11 +1,13 @@
-"""Triton path of :func:`vitzoo.ops.biased.biased_attention`: ``torch.library`` custom ops (with fake impls, so
-``torch.compile`` traces through them as opaque nodes) wrapping the kernels of ``vitzoo.kernels.biased_attention_*``,
-and their autograd registration (the backward is one more custom op)."""
+"""Triton path of :func:`vitzoo.ops.biased.biased_attention`: the kernels of ``vitzoo.kernels.biased_attention_*``
+registered through :class:`vitzoo.ops._triton_op.TritonOp` (custom ops ``vitzoo::biased_attention_fwd`` / ``_bwd``
+with fake impls and autograd, traced by ``torch.compile``; a direct eager path otherwise)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
+
+from ._triton_op import TritonOp
 
 __all__ = ["biased_attention_triton", "unsupported_reason"]
 
@@ -30,24 +32,21 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     return None
 
 
-@torch.library.custom_op("vitzoo::biased_attention_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
-            scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     from vitzoo.kernels.biased_attention_fwd import biased_attention_fwd
 
     return biased_attention_fwd(q, k, v, bias, scale)
 
 
-@_fwd_op.register_fake
-def _fwd_fake(q, k, v, bias, scale):
+def _forward_fake(q, k, v, bias, scale):
     batch, heads, lq, _ = q.shape
     return q.new_empty(batch, heads, lq, v.shape[-1]), q.new_empty(batch, heads, lq, dtype=torch.float32)
 
 
-@torch.library.custom_op("vitzoo::biased_attention_bwd", mutates_args=())
-def _bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
-            out: torch.Tensor, lse: torch.Tensor, scale: float,
-            bias_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   bias: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor, scale: float,
+                   bias_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from vitzoo.kernels.biased_attention_bwd import biased_attention_bwd
 
     dq, dk, dv, dbias = biased_attention_bwd(grad_out, q, k, v, bias, out, lse, scale, bias_grad)
@@ -55,8 +54,7 @@ def _bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     return dq, dk, dv, dbias if dbias is not None else q.new_empty(0)
 
 
-@_bwd_op.register_fake
-def _bwd_fake(grad_out, q, k, v, bias, out, lse, scale, bias_grad):
+def _backward_fake(grad_out, q, k, v, bias, out, lse, scale, bias_grad):
     dbias = bias.new_empty(bias.shape) if (bias is not None and bias_grad) else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
@@ -66,20 +64,21 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, bias, out, lse)
     ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, backward_fn, grad_out, grad_lse):
     q, k, v, bias, out, lse = ctx.saved_tensors
     bias_grad = bias is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, dbias = _bwd_op(grad_out, q, k, v, bias, out, lse, ctx.scale, bias_grad)
+    dq, dk, dv, dbias = backward_fn(grad_out, q, k, v, bias, out, lse, ctx.scale, bias_grad)
     return dq, dk, dv, (dbias if bias_grad else None), None
 
 
-torch.library.register_autograd("vitzoo::biased_attention_fwd", _backward, setup_context=_setup_context)
+_OP = TritonOp("biased_attention", _forward, _forward_fake, _backward_impl, _backward_fake, _setup_context, _backward)
 
 
 def biased_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
                             scale: float) -> torch.Tensor:
     """Run the kernels. q, k, v share one dtype; ``bias`` is None or 4-D (1|B, 1|H, Lq, Lk) (a view, never expanded)."""
-    out, _ = _fwd_op(q, k, v, bias, float(scale))
+    out, _ = _OP(q, k, v, bias, float(scale))
     return out

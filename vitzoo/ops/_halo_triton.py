@@ -1,12 +1,14 @@
-"""Triton backend of :func:`vitzoo.ops.halo_attention_2d`: ``torch.library`` custom ops (forward and backward, with
-fake implementations so ``torch.compile`` traces them without graph breaks), their autograd registration, and the
-dtype policy (autocast / common dtype) applied before the kernels run."""
+"""Triton backend of :func:`vitzoo.ops.halo_attention_2d`: custom ops (forward and backward, with fake
+implementations so ``torch.compile`` traces them without graph breaks) and a direct eager path, both through
+:class:`vitzoo.ops._triton_op.TritonOp`, and the dtype policy (autocast / common dtype) applied before the kernels
+run."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
 
+from ._triton_op import TritonOp
 from .halo import HaloArgs
 
 __all__ = ["halo_attention_2d_triton", "unsupported_reason"]
@@ -41,8 +43,7 @@ def unsupported_reason(q, k, v, args: HaloArgs, rel_h=None, rel_w=None) -> Optio
     return None
 
 
-@torch.library.custom_op("vitzoo::halo_attention_fwd", mutates_args=())
-def _halo_fwd(
+def _forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -57,15 +58,13 @@ def _halo_fwd(
     return halo_attention_fwd(q, k, v, rel_h, rel_w, block_size, halo_size, scale)
 
 
-@_halo_fwd.register_fake
-def _halo_fwd_fake(q, k, v, rel_h, rel_w, block_size, halo_size, scale):
+def _forward_fake(q, k, v, rel_h, rel_w, block_size, halo_size, scale):
     batch, q_height, q_width, heads, _ = q.shape
     out = q.new_empty((batch, q_height, q_width, heads, v.shape[-1]))
     return out, q.new_empty((batch, heads, q_height, q_width), dtype=torch.float32)
 
 
-@torch.library.custom_op("vitzoo::halo_attention_bwd", mutates_args=())
-def _halo_bwd(
+def _backward_impl(
     grad_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -88,8 +87,7 @@ def _halo_bwd(
     return dq, dk, dv, drel_h, drel_w
 
 
-@_halo_bwd.register_fake
-def _halo_bwd_fake(grad_out, q, k, v, out, lse, rel_h, rel_w, block_size, halo_size, scale):
+def _backward_fake(grad_out, q, k, v, out, lse, rel_h, rel_w, block_size, halo_size, scale):
     if rel_h is None:
         drel_h, drel_w = q.new_empty(0), q.new_empty(0)
     else:
@@ -105,15 +103,15 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, grad_out, _grad_lse):
+def _backward(ctx, backward_fn, grad_out, _grad_lse):
     q, k, v, out, lse, rel_h, rel_w = ctx.saved_tensors
-    dq, dk, dv, drel_h, drel_w = _halo_bwd(grad_out, q, k, v, out, lse, rel_h, rel_w, *ctx.geometry)
+    dq, dk, dv, drel_h, drel_w = backward_fn(grad_out, q, k, v, out, lse, rel_h, rel_w, *ctx.geometry)
     if rel_h is None:
         drel_h = drel_w = None
     return dq, dk, dv, drel_h, drel_w, None, None, None
 
 
-_halo_fwd.register_autograd(_backward, setup_context=_setup_context)
+_OP = TritonOp("halo_attention", _forward, _forward_fake, _backward_impl, _backward_fake, _setup_context, _backward)
 
 
 def halo_attention_2d_triton(
@@ -129,5 +127,5 @@ def halo_attention_2d_triton(
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if rel_h is not None:
         rel_h, rel_w = rel_h.to(dtype).contiguous(), rel_w.to(dtype).contiguous()
-    out, _ = _halo_fwd(q, k, v, rel_h, rel_w, args.block, args.halo, args.scale)
+    out, _ = _OP(q, k, v, rel_h, rel_w, args.block, args.halo, args.scale)
     return out

@@ -1,11 +1,12 @@
 """Triton backend of :func:`vitzoo.ops.neighborhood_attention_2d` (generalized neighborhood attention; Hassani et al.,
 "Neighborhood Attention Transformer", CVPR 2023; "Dilated Neighborhood Attention Transformer", 2022).
 
-Registered as two ``torch.library.custom_op`` s (forward, backward) with fake implementations and autograd, so
-``torch.compile`` traces models that use it as opaque kernels. Kernels: ``kernels/neighborhood_fwd.py`` (output +
-log-sum-exp), ``kernels/neighborhood_bwd_dq.py`` (dq, delta, per-work-item bias-gradient partials) and
-``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Every gradient is deterministic: no atomics anywhere; the rpb / dense
-bias gradients are reduced from the dq kernel's partials by a fixed one-hot matmul in float64 on the host.
+Registered through :class:`vitzoo.ops._triton_op.TritonOp`: custom ops ``vitzoo::neighborhood_attention_2d_fwd``
+/ ``_bwd`` with fake implementations and autograd (what ``torch.compile`` traces), and a direct eager path.
+Kernels: ``kernels/neighborhood_fwd.py`` (output + log-sum-exp), ``kernels/neighborhood_bwd_dq.py`` (dq, delta,
+per-work-item bias-gradient partials) and ``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Every gradient is
+deterministic: no atomics anywhere; the rpb / dense bias gradients are reduced from the dq kernel's partials by fixed
+one-hot matmuls in float64 (cached matrices).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import torch
 
 from ._geometry import axis_windows
+from ._triton_op import TritonOp
 
 if TYPE_CHECKING:  # pragma: no cover
     from .neighborhood import NeighborhoodArgs
@@ -82,20 +84,18 @@ def _dq_tables(batch: int, height: int, width: int, kernel: Tuple[int, int], dil
     return tuple(t.to(device=device, dtype=torch.int32) for t in [work] + tables) + (onehot.to(device),)
 
 
-def _rpb_from_slots(grad: torch.Tensor, kernel: Tuple[int, int]) -> torch.Tensor:
-    """Map a (heads, kh*kw [query slot], kh*kw [key slot]) gradient onto the (heads, 2kh-1, 2kw-1) rpb table
-    (index key - query + k - 1 per axis) with two tiny one-hot contractions (deterministic, no scatter)."""
+@functools.lru_cache(maxsize=32)
+def _slot_to_rpb(kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(kh*kw [query slot] * kh*kw [key slot], (2kh-1)*(2kw-1)) float64 one-hot: the rpb table entry every (query
+    slot, key slot) pair reads (index key - query + k - 1 per axis). Cached, so the rpb gradient is one matmul."""
     kh, kw = kernel
-
-    def one_hot(n: int) -> torch.Tensor:  # [local, slot, slot - local + n - 1]
-        rel = torch.arange(n, device=grad.device)[None, :] - torch.arange(n, device=grad.device)[:, None] + n - 1
-        return torch.nn.functional.one_hot(rel, 2 * n - 1).to(grad.dtype)
-
-    return torch.einsum("hyxab,yao,xbp->hop", grad.view(-1, kh, kw, kh, kw), one_hot(kh), one_hot(kw))
+    ly, lx, a, b = torch.meshgrid(torch.arange(kh), torch.arange(kw), torch.arange(kh), torch.arange(kw),
+                                  indexing="ij")
+    entry = (a - ly + kh - 1) * (2 * kw - 1) + (b - lx + kw - 1)
+    return torch.nn.functional.one_hot(entry.reshape(-1), (2 * kh - 1) * (2 * kw - 1)).to(device, torch.float64)
 
 
-@torch.library.custom_op("vitzoo::neighborhood_attention_2d_fwd", mutates_args=())
-def _nbr_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
              bias: Optional[torch.Tensor], kernel_size: List[int], dilation: List[int], stride: List[int],
              scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd
@@ -103,18 +103,16 @@ def _nbr_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
     return neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
 
 
-@_nbr_fwd.register_fake
-def _nbr_fwd_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale):
+def _forward_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale):
     batch, height, width, heads, _ = q.shape
     out = q.new_empty((batch, height, width, heads, v.shape[-1]))
     return out, q.new_empty((batch, heads, height, width), dtype=torch.float32)
 
 
-@torch.library.custom_op("vitzoo::neighborhood_attention_2d_bwd", mutates_args=())
-def _nbr_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-             lse: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel_size: List[int],
-             dilation: List[int], stride: List[int], scale: float
-             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   kernel_size: List[int], dilation: List[int], stride: List[int], scale: float
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, d_rpb, d_bias); d_rpb / d_bias are empty tensors when rpb / bias is None."""
     from vitzoo.kernels.neighborhood_bwd_dkdv import neighborhood_bwd_dkdv
     from vitzoo.kernels.neighborhood_bwd_dq import DQ_BLOCK_M, neighborhood_bwd_dq
@@ -133,12 +131,12 @@ def _nbr_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
         if bias is not None:
             d_bias = slot_grad.to(bias.dtype)
         if rpb is not None:
-            d_rpb = _rpb_from_slots(slot_grad, kernel).to(rpb.dtype)
+            flat = slot_grad.reshape(slot_grad.shape[0], -1) @ _slot_to_rpb(kernel, q.device)
+            d_rpb = flat.view_as(rpb).to(rpb.dtype)
     return dq, dk, dv, d_rpb, d_bias
 
 
-@_nbr_bwd.register_fake
-def _nbr_bwd_fake(grad_out, q, k, v, out, lse, rpb, bias, kernel_size, dilation, stride, scale):
+def _backward_fake(grad_out, q, k, v, out, lse, rpb, bias, kernel_size, dilation, stride, scale):
     d_rpb = torch.empty_like(rpb) if rpb is not None else q.new_empty(0)
     d_bias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), d_rpb, d_bias
@@ -152,15 +150,15 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, backward_fn, grad_out, grad_lse):
     q, k, v, rpb, bias, out, lse = ctx.saved_tensors
-    dq, dk, dv, d_rpb, d_bias = torch.ops.vitzoo.neighborhood_attention_2d_bwd(
-        grad_out, q, k, v, out, lse, rpb, bias, *ctx.params)
+    dq, dk, dv, d_rpb, d_bias = backward_fn(grad_out, q, k, v, out, lse, rpb, bias, *ctx.params)
     return (dq, dk, dv, d_rpb if rpb is not None else None, d_bias if bias is not None else None,
             None, None, None, None)
 
 
-_nbr_fwd.register_autograd(_backward, setup_context=_setup_context)
+_OP = TritonOp("neighborhood_attention_2d", _forward, _forward_fake, _backward_impl, _backward_fake, _setup_context,
+               _backward)
 
 
 def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bias) -> torch.Tensor:
@@ -168,6 +166,5 @@ def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bia
     cast to one dtype (the autocast dtype under autocast)."""
     dtype = _op_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    out, _ = torch.ops.vitzoo.neighborhood_attention_2d_fwd(
-        q, k, v, rpb, bias, list(args.kernel), list(args.dilation), list(args.stride), args.scale)
+    out, _ = _OP(q, k, v, rpb, bias, list(args.kernel), list(args.dilation), list(args.stride), args.scale)
     return out

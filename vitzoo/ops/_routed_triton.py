@@ -1,6 +1,6 @@
-"""Triton backend of :func:`vitzoo.ops.routed_attention` (BiFormer's bi-level routing attention): ``torch.library``
-custom ops around the kernels in ``vitzoo.kernels.routed_*`` with fake (meta) implementations, so ``torch.compile``
-traces through them, and a registered autograd formula."""
+"""Triton backend of :func:`vitzoo.ops.routed_attention` (BiFormer's bi-level routing attention): the kernels in
+``vitzoo.kernels.routed_*`` registered through :class:`vitzoo.ops._triton_op.TritonOp` (custom ops with fake
+implementations and autograd for ``torch.compile``; a direct eager path otherwise)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -10,6 +10,7 @@ import torch
 from ..kernels._routed_common import MAX_HEAD_DIM
 from ..kernels.routed_bwd import routed_bwd
 from ..kernels.routed_fwd import routed_fwd
+from ._triton_op import TritonOp
 from .routed import RoutedArgs
 
 __all__ = ["routed_attention_triton", "unsupported_reason"]
@@ -26,26 +27,22 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: 
     return None
 
 
-@torch.library.custom_op("vitzoo::routed_attention_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, n_win: int,
-         scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, n_win: int,
+             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     return routed_fwd(q, k, v, index, n_win, scale)
 
 
-@_fwd.register_fake
-def _fwd_fake(q, k, v, index, n_win, scale):
+def _forward_fake(q, k, v, index, n_win, scale):
     return q.new_empty(q.shape[:4] + v.shape[4:], dtype=q.dtype), q.new_empty(q.shape[:4], dtype=torch.float32)
 
 
-@torch.library.custom_op("vitzoo::routed_attention_bwd", mutates_args=())
-def _bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-         lse: torch.Tensor, index: torch.Tensor, n_win: int,
-         scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, index: torch.Tensor, n_win: int,
+                   scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return routed_bwd(grad_out, q, k, v, out, lse, index, n_win, scale)
 
 
-@_bwd.register_fake
-def _bwd_fake(grad_out, q, k, v, out, lse, index, n_win, scale):
+def _backward_fake(grad_out, q, k, v, out, lse, index, n_win, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -54,19 +51,20 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, index)
     ctx.n_win, ctx.scale = n_win, scale
+    ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, backward_fn, grad_out, grad_lse):
     q, k, v, out, lse, index = ctx.saved_tensors
-    dq, dk, dv = _bwd(grad_out.contiguous(), q, k, v, out, lse, index, ctx.n_win, ctx.scale)
+    dq, dk, dv = backward_fn(grad_out.contiguous(), q, k, v, out, lse, index, ctx.n_win, ctx.scale)
     return dq, dk, dv, None, None, None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+_OP = TritonOp("routed_attention", _forward, _forward_fake, _backward_impl, _backward_fake, _setup_context, _backward)
 
 
 def routed_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor,
                             args: RoutedArgs) -> torch.Tensor:
     """Routed attention through the Triton kernels; q, k, v of one supported dtype, natural layout."""
-    out, _ = _fwd(q, k, v, index, args.n_win, args.scale)
+    out, _ = _OP(q, k, v, index, args.n_win, args.scale)
     return out

@@ -54,7 +54,8 @@ class NeighborhoodArgs:
             )
         if bias is not None and tuple(bias.shape) != (self.heads, kh * kw, kh * kw):
             raise ValueError(
-                f"bias must have shape (heads, kh*kw, kh*kw) = {(self.heads, kh * kw, kh * kw)}, got {tuple(bias.shape)}"
+                f"bias must have shape (heads, kh*kw, kh*kw) = {(self.heads, kh * kw, kh * kw)}, "
+                f"got {tuple(bias.shape)}"
             )
         self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
 
