@@ -34,7 +34,6 @@ installed) to ``--out``. Exit code 0 when at least one backend was measured, 1 w
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -51,7 +50,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import vitzoo  # noqa: E402  (registers the vitzoo models with timm)
 from vitzoo.ops._backend import ENV_VAR  # noqa: E402
-from vitzoo.tools_common import UserError, _one_line, check_model_name, run_cli, seed_everything  # noqa: E402
+from vitzoo.tools_common import (UserError, _one_line, check_model_name, run_cli, seed_everything,  # noqa: E402
+                                 write_rows_csv)
 
 BACKENDS = ("triton", "torch", "auto")
 NAME = "bench_det"
@@ -273,14 +273,8 @@ def table(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
 def save(rows: List[Dict[str, Any]], args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, NAME)
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(base + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows([{**r, "losses": " ".join(f"{v:.4f}" for v in r["losses"])} if "losses" in r else r
-                          for r in rows])
+    write_rows_csv([{**r, "losses": " ".join(f"{v:.4f}" for v in r["losses"])} if "losses" in r else r
+                    for r in rows], base + ".csv")
     import timm
     import torchvision
 

@@ -23,7 +23,6 @@ take, is one line on stderr and exit code 2 (the other models still run).
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -41,7 +40,8 @@ import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
 from competitors import COMPETITORS, create_competitor, is_competitor  # noqa: E402
-from vitzoo.tools_common import UserError, autocast_ctx, check_model_name, run_cli, to_channels_last  # noqa: E402,E501
+from vitzoo.tools_common import (UserError, autocast_ctx, check_model_name, run_cli, to_channels_last,  # noqa: E402
+                                 write_rows_csv)
 
 # vitzoo model -> the timm model (or ``official:<name>`` competitor) it is compared with, where one exists
 PAIRS: Dict[str, Optional[str]] = {}
@@ -219,13 +219,7 @@ def environment(device) -> Dict:
 
 def save(rows: List[Dict], env: Dict, out: str, args) -> None:
     os.makedirs(out, exist_ok=True)
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(os.path.join(out, "benchmark.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(rows, os.path.join(out, "benchmark.csv"))
     setting = {"amp": args.dtype, "channels_last": True, "infer_batch": args.infer_batch,
                "train_batch": args.train_batch, "modes": args.modes, "img_size": args.img_size,
                "warmup": args.warmup, "iters": args.iters, "windows": args.windows,

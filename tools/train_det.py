@@ -19,7 +19,6 @@ step are vitzoo.det.training's (shared with tools/bench_det.py).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -40,7 +39,7 @@ from vitzoo.det.coco_data import (CocoDetection, build_coins_dataset, coco_evalu
 from vitzoo.det.config import load_det_config  # noqa: E402
 from vitzoo.det.training import build_detector_from_config, build_optimizer, grad_scaler, train_step  # noqa: E402
 from vitzoo.tools_common import (capture_rng, epoch_batches, restore_rng, save_atomic, seed_everything,  # noqa: E402
-                                 setup_distributed)
+                                 setup_distributed, write_rows_csv)
 
 CHECKPOINT_VERSION = 1
 
@@ -140,13 +139,7 @@ def evaluate(model: nn.Module, dataset: CocoDetection, cfg: Dict[str, Any], devi
 # ----------------------------------------------------------------------------------------------- outputs
 def write_curves(rows: List[Dict[str, Any]], out_dir: str) -> None:
     """metrics.csv (every key of every row) and curves.png (training losses | COCO mAP) in ``out_dir``."""
-    fields: List[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(rows, os.path.join(out_dir, "metrics.csv"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +147,8 @@ def write_curves(rows: List[Dict[str, Any]], out_dir: str) -> None:
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in [k for k in fields if k.startswith("train_loss")]:
+    loss_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("train_loss")]
+    for key in loss_keys:
         ax_loss.plot(epochs, [r.get(key) for r in rows], marker="o", label=key.replace("train_", ""))
     ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("training loss"), ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=7), ax_loss.grid(alpha=0.3)

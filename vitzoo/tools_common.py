@@ -6,6 +6,7 @@ take, a checkpoint that does not fit the model) is reported by ``run_cli`` as on
 """
 from __future__ import annotations
 
+import csv
 import difflib
 import math
 import os
@@ -393,3 +394,15 @@ def save_atomic(state: Dict[str, Any], path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_rows_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
+    """Rows as a CSV whose columns are the union of every row's keys, in first-seen order (rows may differ: an error
+    row has no timings, a later epoch an extra metric)."""
+    fields: List[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
