@@ -14,8 +14,8 @@ import triton.language as tl
 
 from ._tuning import autotune_enabled, interpreting
 
-__all__ = ["LOG2E", "INTERPRET", "SUM", "MAX", "alloc", "next_pow2", "bounded_configs", "window_start",
-           "first_query_with_start_ge"]
+__all__ = ["LOG2E", "INTERPRET", "SUM", "MAX", "MAX_V_DIM", "alloc", "next_pow2", "value_block", "bounded_configs",
+           "window_start", "first_query_with_start_ge"]
 
 LOG2E = tl.constexpr(1.4426950408889634)  # softmax runs in base 2 (exp2 is the native instruction); logits are scaled by log2(e)
 
@@ -47,6 +47,18 @@ def alloc(shape, device, dtype) -> torch.Tensor:
 
 def next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# Value head dims are padded in registers to a power of two (masked loads/stores): EfficientViT's cascaded heads use
+# d_v = 48 (M0, M1). Capped at 64: with d_v = 96 padded to 128 (EfficientViT-M5) two H100/H200 runs ended in an
+# illegal memory access that CUDA_LAUNCH_BLOCKING=1 runs and the CPU interpreter did not reproduce (kernels/README.md);
+# until that is understood such calls take the torch path.
+MAX_V_DIM = 64
+
+
+def value_block(v_dim: int) -> int:
+    """Register width of the value head dim: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, next_pow2(v_dim))
 
 
 def bounded_configs(configs: list) -> list:

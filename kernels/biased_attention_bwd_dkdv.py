@@ -14,6 +14,7 @@ import triton.language as tl
 
 from ._biased_attention_common import (DBIAS_NONE, LOG2E, LOG2E_PY, MODE_GLOBAL, MODE_REGISTERS, make_configs,
                                        make_pruner, member_coords)
+from ._launch import launch
 
 __all__ = ["biased_attention_bwd_dkdv"]
 
@@ -127,7 +128,7 @@ def biased_attention_bwd_dkdv(q, k, v, bias, grad_out, lse, delta, dk, dv, dbias
     def grid(meta):
         return triton.cdiv(lk, meta["BLOCK_N"]), slot_b * slot_h * n_chunks
 
-    _biased_attention_bwd_dkdv_kernel[grid](
+    launch(_biased_attention_bwd_dkdv_kernel, grid,
         q, k, v, bias if bias is not None else q, grad_out, lse, delta, dk, dv, dbias_partial,
         *q.stride(), *k.stride(), *v.stride(), *strides, *grad_out.stride(), lse.stride(0), lse.stride(1),
         *dk.stride(), *dv.stride(), *part_strides,

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ._biased_attention_common import LOG2E, LOG2E_PY, bias_strides, check_head_dims, make_configs, make_pruner
+from ._launch import launch
 
 __all__ = ["biased_attention_fwd"]
 
@@ -105,7 +106,7 @@ def biased_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     def grid(meta):
         return triton.cdiv(lq, meta["BLOCK_M"]), batch * heads
 
-    _biased_attention_fwd_kernel[grid](
+    launch(_biased_attention_fwd_kernel, grid,
         q, k, v, bias_arg, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *bias_strides(bias, batch, heads, lq, lk), *out.stride(),
         lse.stride(0), lse.stride(1),

@@ -14,14 +14,15 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Absolute allowance on top of 2x the torch error: summation order alone differs by about this much.
 FLOOR = {"bf16": 2e-3, "fp16": 5e-4, "fp32": 1e-5}
 
-# name: (B, H, W, heads, d, kernel, dilation, stride, rpb, bias)
+# name: (B, H, W, heads, d, d_v, kernel, dilation, stride, rpb, bias)
 CASES = {
-    "na7_rpb_56": (8, 56, 56, 3, 32, 7, 1, 1, True, False),
-    "window7_rpb_56": (8, 56, 56, 3, 32, 7, 1, 7, True, False),
-    "dinat7_dil4_rpb_56": (8, 56, 56, 3, 32, 7, 4, 1, True, False),
-    "grid7_rpb_56": (8, 56, 56, 3, 32, 7, 8, 7, True, False),
-    "window7_d16_bias_28": (8, 28, 28, 4, 16, 7, 1, 7, False, True),
-    "na13_stride2_rpb_bias_30": (4, 30, 30, 2, 64, 13, 1, 2, True, True),
+    "na7_rpb_56": (8, 56, 56, 3, 32, 32, 7, 1, 1, True, False),
+    "window7_rpb_56": (8, 56, 56, 3, 32, 32, 7, 1, 7, True, False),
+    "dinat7_dil4_rpb_56": (8, 56, 56, 3, 32, 32, 7, 4, 1, True, False),
+    "grid7_rpb_56": (8, 56, 56, 3, 32, 32, 7, 8, 7, True, False),
+    "window7_d16_bias_28": (8, 28, 28, 4, 16, 16, 7, 1, 7, False, True),
+    "window7_d16_dv48_bias_14": (16, 14, 14, 1, 16, 48, 7, 1, 7, False, True),  # EfficientViT-M1 cascaded head
+    "na13_stride2_rpb_bias_30": (4, 30, 30, 2, 64, 64, 13, 1, 2, True, True),
 }
 
 
@@ -29,7 +30,7 @@ def _grads(q, k, v, rpb, bias, case, backend: str, grad_out):
     from vitzoo.ops import neighborhood_attention_2d
 
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (q, k, v, rpb, bias)]
-    _, _, _, _, _, kernel, dilation, stride, _, _ = case
+    kernel, dilation, stride = case[6:9]
     out = neighborhood_attention_2d(*leaves[:3], kernel, dilation, stride, leaves[3], leaves[4], backend=backend)
     out.backward(grad_out.to(out.dtype))
     return [out.detach()] + [t.grad if t is not None else None for t in leaves]
@@ -39,13 +40,13 @@ def run() -> List[dict]:
     rows = []
     torch.manual_seed(0)
     for name, case in CASES.items():
-        batch, height, width, heads, dim, kernel, _, _, has_rpb, has_bias = case
-        base = [torch.randn(batch, height, width, heads, dim, device="cuda") for _ in range(3)]
+        batch, height, width, heads, dim, v_dim, kernel, _, _, has_rpb, has_bias = case
+        base = [torch.randn(batch, height, width, heads, d, device="cuda") for d in (dim, dim, v_dim)]
         rpb: Optional[torch.Tensor] = torch.randn(heads, 2 * kernel - 1, 2 * kernel - 1, device="cuda") if has_rpb \
             else None
         bias: Optional[torch.Tensor] = torch.randn(heads, kernel ** 2, kernel ** 2, device="cuda") if has_bias \
             else None
-        grad_out = torch.randn_like(base[0])
+        grad_out = torch.randn_like(base[2])
         for dname, dtype in DTYPES.items():
             q, k, v = (t.to(dtype) for t in base)  # the low-precision values are the inputs of every path
             # rpb / bias stay float32, as module parameters do under autocast

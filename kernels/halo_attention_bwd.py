@@ -33,6 +33,7 @@ from ._halo_common import (
     window_rows_to_tile,
     window_to_rel,
 )
+from ._launch import launch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -191,10 +192,10 @@ def halo_attention_bwd_dq(
                 D_V_P=t.D_V_P, DOT_PRECISION=dot_precision(q.dtype))
     grid = (n_programs,)
     if rows is None and TUNING["autotune"]:
-        _halo_bwd_dq_autotuned[grid](*args, **meta)
+        launch(_halo_bwd_dq_autotuned, grid, *args, **meta)
     else:
         rows = rows or default_rows(t.KX_P, key_tile=32)  # more live tiles than the forward: smaller key tiles
-        _halo_bwd_dq_kernel[grid](*args, **meta, ROWS=rows, num_warps=num_warps, num_stages=2)
+        launch(_halo_bwd_dq_kernel, grid, *args, **meta, ROWS=rows, num_warps=num_warps, num_stages=2)
     return dq, delta, rel_logits, drel_part
 
 

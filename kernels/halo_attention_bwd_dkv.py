@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ._halo_common import AUTOTUNE_KEY, TUNING, dot_precision, halo_tiles
+from ._launch import launch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -139,7 +140,7 @@ def halo_attention_bwd_dkv(
                 DOT_PRECISION=dot_precision(q.dtype))
     grid = (batch * heads * n_blocks,)
     if num_warps is None and TUNING["autotune"]:
-        _halo_bwd_dkv_autotuned[grid](*args, **meta)
+        launch(_halo_bwd_dkv_autotuned, grid, *args, **meta)
     else:
-        _halo_bwd_dkv_kernel[grid](*args, **meta, num_warps=num_warps or 4, num_stages=2)
+        launch(_halo_bwd_dkv_kernel, grid, *args, **meta, num_warps=num_warps or 4, num_stages=2)
     return dk, dv

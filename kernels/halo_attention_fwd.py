@@ -30,6 +30,7 @@ from ._halo_common import (
     window_key_tile,
     window_rows_to_tile,
 )
+from ._launch import launch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -155,8 +156,8 @@ def halo_attention_fwd(
                 D_V_P=t.D_V_P, DOT_PRECISION=dot_precision(q.dtype))
     grid = (batch * heads * n_blocks,)
     if rows is None and TUNING["autotune"]:
-        _halo_fwd_autotuned[grid](*args, **meta)
+        launch(_halo_fwd_autotuned, grid, *args, **meta)
     else:
         rows = rows or default_rows(t.KX_P)
-        _halo_fwd_kernel[grid](*args, **meta, ROWS=rows, num_warps=num_warps, num_stages=2)
+        launch(_halo_fwd_kernel, grid, *args, **meta, ROWS=rows, num_warps=num_warps, num_stages=2)
     return out, lse

@@ -17,8 +17,10 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, window_start
+from ._neighborhood_common import (LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, value_block,
+                                   window_start)
 from .neighborhood_fwd import MIN_DOT, dot_precision, query_tile, tile_grid
+from ._launch import launch
 
 __all__ = ["neighborhood_bwd_dkdv"]
 
@@ -48,7 +50,7 @@ def _neighborhood_bwd_dkdv_kernel(
     qk_scale, sm_scale,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     TILE_Y: tl.constexpr, TILE_X: tl.constexpr,  # key tile
-    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
     HAS_RPB: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -87,18 +89,19 @@ def _neighborhood_bwd_dkdv_kernel(
     ky = gy + DIL_Y * kyi
     kx = gx + DIL_X * kxi
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_e = tl.arange(0, V_DIM)
+    offs_e = tl.arange(0, V_BLOCK)
+    e_in = offs_e < V_DIM
     b64 = b.to(tl.int64)
     k = tl.load(K + b64 * stride_kb + h * stride_kh + ky[:, None] * stride_ky + kx[:, None] * stride_kx
                 + offs_d[None, :] * stride_kd, mask=k_valid[:, None], other=0.0)
     v = tl.load(V + b64 * stride_vb + h * stride_vh + ky[:, None] * stride_vy + kx[:, None] * stride_vx
-                + offs_e[None, :] * stride_vd, mask=k_valid[:, None], other=0.0)
+                + offs_e[None, :] * stride_vd, mask=k_valid[:, None] & e_in[None, :], other=0.0)
     q_base = Q + b64 * stride_qb + h * stride_qh
     do_base = DO + b64 * stride_ob + h * stride_oh
     row_base = bh.to(tl.int64) * H * W  # LSE / DELTA are contiguous (B, heads, H, W)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, V_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, V_BLOCK], dtype=tl.float32)
     for m0 in range(0, n_queries, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         q_in = offs_m < n_queries
@@ -124,7 +127,7 @@ def _neighborhood_bwd_dkdv_kernel(
         lse = tl.load(LSE + row_base + qy * W + qx, mask=q_in, other=0.0)
         pt = tl.where(in_win, tl.math.exp2(st - lse[None, :]), 0.0)
         do = tl.load(do_base + qy[:, None] * stride_oy + qx[:, None] * stride_ox + offs_e[None, :] * stride_od,
-                     mask=q_in[:, None], other=0.0)
+                     mask=q_in[:, None] & e_in[None, :], other=0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         delta = tl.load(DELTA + row_base + qy * W + qx, mask=q_in, other=0.0)
@@ -134,7 +137,8 @@ def _neighborhood_bwd_dkdv_kernel(
     dk_ptrs = DK + b64 * stride_dkb + h * stride_dkh + ky[:, None] * stride_dky + kx[:, None] * stride_dkx
     tl.store(dk_ptrs + offs_d[None, :] * stride_dkd, (dk * sm_scale).to(DK.dtype.element_ty), mask=k_valid[:, None])
     dv_ptrs = DV + b64 * stride_dvb + h * stride_dvh + ky[:, None] * stride_dvy + kx[:, None] * stride_dvx
-    tl.store(dv_ptrs + offs_e[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=k_valid[:, None])
+    tl.store(dv_ptrs + offs_e[None, :] * stride_dvd, dv.to(DV.dtype.element_ty),
+             mask=k_valid[:, None] & e_in[None, :])
 
 
 def neighborhood_bwd_dkdv(
@@ -160,7 +164,7 @@ def neighborhood_bwd_dkdv(
     tile = query_tile(kernel, stride)  # key tiles use the query tiling: one window per program for windows
     tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
     n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    _neighborhood_bwd_dkdv_kernel[(n_programs,)](
+    launch(_neighborhood_bwd_dkdv_kernel, (n_programs,),
         q, k, v, grad_out, lse, delta,
         rpb if rpb is not None else q, bias if bias is not None else q, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
@@ -168,7 +172,8 @@ def neighborhood_bwd_dkdv(
         height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
         scale * LOG2E, scale,
         KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
-        HEAD_DIM=head_dim, V_DIM=v_dim, HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
+        HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
+        HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
         DOT_PREC=dot_precision(q.dtype), BLOCK_N=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
     )
     return dk, dv

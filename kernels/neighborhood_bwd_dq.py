@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import LOG2E, SUM, bounded_configs, next_pow2
+from ._neighborhood_common import LOG2E, SUM, bounded_configs, next_pow2, value_block
+from ._launch import launch
 
 __all__ = ["neighborhood_bwd_dq", "DQ_BLOCK_M"]
 
@@ -48,7 +49,7 @@ def _neighborhood_bwd_dq_kernel(
     BATCH, H, W, NHEADS, DIL_Y, DIL_X, N_WORK,
     qk_scale, sm_scale,
     KH: tl.constexpr, KW: tl.constexpr,
-    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
     HAS_RPB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -70,15 +71,16 @@ def _neighborhood_bwd_dq_kernel(
     y = tl.load(ORDER_Y + y_lo + (offs // nx) % ny, mask=valid, other=0)
     x = tl.load(ORDER_X + x_lo + offs % nx, mask=valid, other=0)
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_e = tl.arange(0, V_DIM)
+    offs_e = tl.arange(0, V_BLOCK)
     m2 = valid[:, None]
+    m2e = m2 & (offs_e < V_DIM)[None, :]  # value-dim loads: padded lanes read as 0
 
     q = tl.load(Q + (b * stride_qb + h * stride_qh + y * stride_qy + x * stride_qx)[:, None]
                 + offs_d[None, :] * stride_qd, mask=m2, other=0.0).to(tl.float32)
     o = tl.load(O + (b * stride_ob + h * stride_oh + y * stride_oy + x * stride_ox)[:, None]
-                + offs_e[None, :] * stride_od, mask=m2, other=0.0).to(tl.float32)
+                + offs_e[None, :] * stride_od, mask=m2e, other=0.0).to(tl.float32)
     do = tl.load(DO + (b * stride_gb + h * stride_gh + y * stride_gy + x * stride_gx)[:, None]
-                 + offs_e[None, :] * stride_gd, mask=m2, other=0.0).to(tl.float32)
+                 + offs_e[None, :] * stride_gd, mask=m2e, other=0.0).to(tl.float32)
     row = ((b * NHEADS + h) * H + y) * W + x  # LSE / DELTA: contiguous (B, heads, H, W)
     delta = tl.reduce(do * o, 1, SUM)
     tl.store(DELTA + row, delta, mask=valid)
@@ -106,7 +108,7 @@ def _neighborhood_bwd_dq_kernel(
         rpb_ptr = rpb_row
         for _c in range(0, KW):
             k = tl.load(k_ptrs, mask=m2, other=0.0).to(tl.float32)
-            v = tl.load(v_ptrs, mask=m2, other=0.0).to(tl.float32)
+            v = tl.load(v_ptrs, mask=m2e, other=0.0).to(tl.float32)
             s = tl.reduce(q * k, 1, SUM) * qk_scale
             if HAS_RPB:
                 s += tl.load(rpb_ptr).to(tl.float32) * LOG2E
@@ -163,7 +165,7 @@ def neighborhood_bwd_dq(
     block_k = next_pow2(kh * kw)
     has_pos = rpb is not None or bias is not None
     gpart = common.alloc((heads, n_work, block_k), device=q.device, dtype=torch.float32) if has_pos else None
-    _neighborhood_bwd_dq_kernel[(n_work * heads,)](
+    launch(_neighborhood_bwd_dq_kernel, (n_work * heads,),
         q, k, v, out, grad_out, lse, delta, dq,
         rpb if rpb is not None else q, bias if bias is not None else q, gpart if has_pos else delta,
         work, order_y, seg_y, order_x, seg_x,
@@ -171,7 +173,8 @@ def neighborhood_bwd_dq(
         *(rpb.stride() if rpb is not None else (0, 0, 0)), *(bias.stride() if bias is not None else (0, 0, 0)),
         batch, height, width, heads, dilation[0], dilation[1], n_work,
         scale * LOG2E, scale,
-        KH=kh, KW=kw, HEAD_DIM=head_dim, V_DIM=v_dim, HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
+        KH=kh, KW=kw, HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
+        HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
         BLOCK_M=DQ_BLOCK_M, BLOCK_K=block_k,
     )
     return dq, delta, gpart

@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import LOG2E, MAX, SUM, bounded_configs, next_pow2, window_start
+from ._neighborhood_common import LOG2E, MAX, SUM, bounded_configs, next_pow2, value_block, window_start
+from ._launch import launch
 
 __all__ = ["neighborhood_fwd", "query_tile"]
 
@@ -62,7 +63,7 @@ def _neighborhood_fwd_kernel(
     qk_scale,  # softmax scale * log2(e)
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
-    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
     HAS_RPB: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -103,7 +104,8 @@ def _neighborhood_fwd_kernel(
     qy = gy + DIL_Y * qyi
     qx = gx + DIL_X * qxi
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_e = tl.arange(0, V_DIM)
+    offs_e = tl.arange(0, V_BLOCK)
+    e_in = offs_e < V_DIM  # all-true (folded away) unless the value dim is padded
     b64 = b.to(tl.int64)
     q_ptrs = Q + b64 * stride_qb + h * stride_qh + qy[:, None] * stride_qy + qx[:, None] * stride_qx
     q = tl.load(q_ptrs + offs_d[None, :] * stride_qd, mask=q_valid[:, None], other=0.0)
@@ -115,7 +117,7 @@ def _neighborhood_fwd_kernel(
     # Finite initial max: rows (padding queries) that never see a key stay NaN-free.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, V_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, V_BLOCK], dtype=tl.float32)
     for n0 in range(0, n_keys, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_in = offs_n < n_keys
@@ -142,14 +144,15 @@ def _neighborhood_fwd_kernel(
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.reduce(p, 1, SUM)
         v = tl.load(v_base + ky[:, None] * stride_vy + kx[:, None] * stride_vx + offs_e[None, :] * stride_vd,
-                    mask=k_in[:, None], other=0.0)
+                    mask=k_in[:, None] & e_in[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
     o_ptrs = O + b64 * stride_ob + h * stride_oh + qy[:, None] * stride_oy + qx[:, None] * stride_ox
-    tl.store(o_ptrs + offs_e[None, :] * stride_od, out.to(O.dtype.element_ty), mask=q_valid[:, None])
+    tl.store(o_ptrs + offs_e[None, :] * stride_od, out.to(O.dtype.element_ty),
+             mask=q_valid[:, None] & e_in[None, :])
     lse_ptrs = LSE + (bh.to(tl.int64) * H + qy) * W + qx  # (B, heads, H, W), base-2 log-sum-exp
     tl.store(lse_ptrs, m_i + tl.math.log2(l_safe), mask=q_valid)
 
@@ -188,13 +191,14 @@ def neighborhood_fwd(
     bias_t = bias if bias is not None else q
     rpb_strides = rpb.stride() if rpb is not None else (0, 0, 0)
     bias_strides = bias.stride() if bias is not None else (0, 0, 0)
-    _neighborhood_fwd_kernel[(n_programs,)](
+    launch(_neighborhood_fwd_kernel, (n_programs,),
         q, k, v, out, lse, rpb_t, bias_t,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *rpb_strides, *bias_strides,
         height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
         scale * LOG2E,
         KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
-        HEAD_DIM=head_dim, V_DIM=v_dim, HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
+        HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
+        HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
         DOT_PREC=dot_precision(q.dtype), BLOCK_M=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
     )
     return out, lse

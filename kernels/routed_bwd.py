@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
 from .routed_bwd_dq import routed_bwd_dq
 from .routed_fwd import LOG2E
@@ -171,11 +172,11 @@ def routed_bwd_dkdv(
     consts = dict(TP=tp, BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), BLOCK_DV=max(MIN_DOT, next_pow2(v_dim)),
                   DOT_PREC=dot_precision(q.dtype))
     if config is None:
-        _routed_bwd_dkdv_kernel[grid](*args, **consts)
+        launch(_routed_bwd_dkdv_kernel, grid, *args, **consts)
     else:
         cfg = dict(config)
         warps = cfg.pop("num_warps", 4)
-        _routed_bwd_dkdv_kernel.fn[grid(cfg)](*args, **consts, **cfg, num_warps=warps)
+        launch(_routed_bwd_dkdv_kernel.fn, grid(cfg), *args, **consts, **cfg, num_warps=warps)
     return dk, dv
 
 

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
 from .routed_fwd import LOG2E
+from ._launch import launch
 
 __all__ = ["routed_bwd_dq"]
 
@@ -154,9 +155,9 @@ def routed_bwd_dq(
     consts = dict(TP=tp, BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), BLOCK_DV=max(MIN_DOT, next_pow2(v_dim)),
                   DOT_PREC=dot_precision(q.dtype))
     if config is None:
-        _routed_bwd_dq_kernel[grid](*args, **consts)
+        launch(_routed_bwd_dq_kernel, grid, *args, **consts)
     else:
         cfg = dict(config)
         warps = cfg.pop("num_warps", 4)
-        _routed_bwd_dq_kernel.fn[grid(cfg)](*args, **consts, **cfg, num_warps=warps)
+        launch(_routed_bwd_dq_kernel.fn, grid(cfg), *args, **consts, **cfg, num_warps=warps)
     return dq, delta

@@ -123,6 +123,14 @@ def test_fp16_strided_inputs_and_v_dim():
     _check((1, 7, 9, 1, 16), (3, 3), (1, 1), (3, 3), dtype=torch.float16, v_dim=32)
 
 
+@pytest.mark.parametrize("v_dim, dtype", [(48, torch.float32), (24, torch.float16)])
+def test_value_dim_padded_to_power_of_two(v_dim, dtype):
+    """Value head dims that are not a power of two (EfficientViT-M0/M1's cascaded heads: key dim 16, d_v 48)
+    run padded in registers: the padded lanes must neither leak into dv / out nor be written."""
+    _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), bias=True, dtype=dtype, v_dim=v_dim)  # windows + dense bias
+    _check((1, 7, 9, 1, 16), (3, 3), (2, 1), (1, 1), rpb=True, dtype=dtype, v_dim=v_dim)  # dilated sliding
+
+
 @pytest.mark.parametrize("kernel, dilation, stride, size", [
     ((7, 7), (1, 1), (1, 1), (13, 15)),  # hot NAT case
     ((13, 13), (1, 1), (1, 1), (14, 13)),  # largest kernel, odd
@@ -192,7 +200,7 @@ def test_torch_compile_fullgraph_matches_eager():
 @pytest.mark.parametrize("q_shape, v_dim, dtype, match", [
     ((1, 8, 8, 1, 8), 8, torch.float32, "head_dim"),
     ((1, 8, 8, 1, 48), 48, torch.float32, "head_dim"),
-    ((1, 8, 8, 1, 16), 24, torch.float32, "value head_dim"),
+    ((1, 8, 8, 1, 16), 96, torch.float32, "value head_dim"),
     ((1, 8, 8, 1, 16), 16, torch.float64, "dtype"),
 ])
 def test_unsupported_calls_raise(q_shape, v_dim, dtype, match):

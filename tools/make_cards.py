@@ -91,7 +91,9 @@ FAMILIES = {
         reference="timm efficientvit_m*",
         text="Small, fast ViT: sandwich layout (one attention between FFNs) and cascaded group attention, where each "
              "head attends over 7x7 local windows (key dim 16, LeViT attention biases) and feeds its output to the "
-             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch."),
+             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch (M0, M1; "
+             "the value head dims of M2-M5, 80-112, are above the kernels' 64 and take the torch path, see "
+             "kernels/README.md)."),
     "vz_halonet": dict(
         title="HaloNet (timm architecture)", paper="Scaling Local Self-Attention for Parameter Efficient Visual "
         "Backbones (Vaswani et al., CVPR 2021)", code="https://github.com/huggingface/pytorch-image-models",
@@ -166,19 +168,23 @@ def reference_of(name: str, meas: Dict):
     twin = name[3:].replace("maxvit_tiny_224", "maxvit_tiny_tf_224").replace(
         "maxvit_small_224", "maxvit_small_tf_224").replace("maxvit_base_224", "maxvit_base_tf_224") \
         if name.startswith("vz_") else None
+    ours = meas["by_model"].get(name)
     if twin and twin in meas["by_model"]:
-        return f"timm `{twin}` (measured in the same run)", meas["by_model"][twin]
+        ref = meas["by_model"][twin]
+        run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
+        return f"timm `{twin}` ({run})", ref
     official = f"official:{name}"  # tools/benchmark.py's competitor row: the official code, transcribed
     if official in meas["by_model"]:
         ref = meas["by_model"][official]
-        ours = meas["by_model"].get(name)
         run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
         return f"{fam['reference']}: `{official}`, tools/competitors/ ({run})", ref
     if name in OFFICIAL_ANCHORS:
         return "official code, eager (team anchor, same GPU and setting, `shared/anchors2-h100.json`)", \
             OFFICIAL_ANCHORS[name]
     if SWIN_T in meas["by_model"] and family(name) in ("nat", "dinat") and name.endswith(("_tiny", "_mini")):
-        return f"timm `{SWIN_T}` (same FLOP class, measured in the same run)", meas["by_model"][SWIN_T]
+        ref = meas["by_model"][SWIN_T]
+        run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
+        return f"timm `{SWIN_T}` (same FLOP class, {run})", ref
     return fam["reference"] + " (not measured yet)", None
 
 
@@ -280,20 +286,29 @@ def detection_configs(name: str) -> List[str]:
     return found
 
 
+def _gpu_short(row: Dict) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100'."""
+    gpu = row["_env"].get("gpu", row["_env"]["device"])
+    return next((w for w in gpu.split() if w[:1] in "HABL" and any(c.isdigit() for c in w)), gpu)
+
+
 def zoo_table(names: List[str], meas: Dict) -> str:
-    rows = ["| model | params (M) | top-1 (paper) | infer img/s | train img/s | reference infer / train img/s |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| model | params (M) | top-1 (paper) | GPU | infer img/s | train img/s | reference infer / train img/s |",
+            "|---|---|---|---|---|---|---|"]
     for name in names:
         row = meas["by_model"].get(name) or {}
         _, ref = reference_of(name, meas)
         ref = ref or {}
+        other_run = bool(row and ref and ref.get("_file") != row["_file"])
         rows.append(f"| [{name}](model_cards/{name}.md) | {exact_params(name) / 1e6:.2f} | "
-                    f"{_num(REPORTED.get(name), '.1f')} | {_num(row.get('infer_img_s'), '.0f')} | "
-                    f"{_num(row.get('train_img_s'), '.0f')} | {_num(ref.get('infer_img_s'), '.0f')} / "
-                    f"{_num(ref.get('train_img_s'), '.0f')} |")
-    env = meas["env"]
-    return (f"Measured on {env.get('gpu', env['device'])} ({env['date']}, bf16, channels_last, batch 256 / 128); "
-            f"\"–\" = not measured yet. Cards: `model_cards/`.\n\n" + "\n".join(rows))
+                    f"{_num(REPORTED.get(name), '.1f')} | {_gpu_short(row) if row else '–'} | "
+                    f"{_num(row.get('infer_img_s'), '.0f')} | {_num(row.get('train_img_s'), '.0f')} | "
+                    f"{_num(ref.get('infer_img_s'), '.0f')} / {_num(ref.get('train_img_s'), '.0f')}"
+                    f"{' †' if other_run else ''} |")
+    dates = sorted({r["_env"]["date"] for r in meas["by_model"].values()})
+    return (f"Measured with `tools/benchmark.py` ({', '.join(dates)}; bf16, channels_last, batch 256 / 128) on the GPU "
+            f"named in each row; \"–\" = not measured yet; † = reference measured in another run (its card names the "
+            f"file). Cards: `model_cards/`.\n\n" + "\n".join(rows))
 
 
 def render(measurements: List[str]):

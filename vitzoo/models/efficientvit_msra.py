@@ -100,6 +100,22 @@ class CascadedGroupAttentionVz(nn.Module):
         self.proj = nn.Sequential(nn.ReLU(), ConvNorm(self.val_dim * num_heads, dim, bn_weight_init=0))
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
         self._bias_cache: Dict[tuple, torch.Tensor] = {}
+        self._index_cache: Dict[tuple, torch.Tensor] = {}
+
+    def _bias_index(self, kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
+        """(kh*kw, kh*kw) table index ``|dy| * r + |dx|`` of every (query slot, key slot) pair: a constant, built once
+        per window shape and device (in training too, where the gathered bias itself cannot be cached)."""
+        key = (kernel, str(device))
+        idx = None if _compiling() else self._index_cache.get(key)  # compiled graphs fold the constant themselves
+        if idx is None:
+            kh, kw = kernel
+            with torch.inference_mode(False):  # a normal tensor: training saves it for the gather's backward
+                ys = torch.arange(kh, device=device).repeat_interleave(kw)
+                xs = torch.arange(kw, device=device).repeat(kh)
+                idx = (ys[:, None] - ys[None, :]).abs() * self.resolution + (xs[:, None] - xs[None, :]).abs()
+            if not _compiling():
+                self._index_cache[key] = idx
+        return idx
 
     def dense_bias(self, kernel: Tuple[int, int]) -> torch.Tensor:
         """The op's dense (heads, kh*kw, kh*kw) bias for windows of ``kernel`` (row-major slots) built from the
@@ -115,10 +131,7 @@ class CascadedGroupAttentionVz(nn.Module):
         key = (kh, kw, str(table.device), table.dtype, table._version, table.data_ptr()) if use_cache else None
         if use_cache and key in self._bias_cache:
             return self._bias_cache[key]
-        ys = torch.arange(kh, device=table.device).repeat_interleave(kw)
-        xs = torch.arange(kw, device=table.device).repeat(kh)
-        idx = (ys[:, None] - ys[None, :]).abs() * self.resolution + (xs[:, None] - xs[None, :]).abs()
-        bias = table[:, idx]
+        bias = table[:, self._bias_index(kernel, table.device)]
         if use_cache:
             self._bias_cache = {key: bias}
         return bias

@@ -21,9 +21,11 @@ from ._triton_op import TritonOp
 if TYPE_CHECKING:  # pragma: no cover
     from .neighborhood import NeighborhoodArgs
 
-__all__ = ["unsupported_reason", "neighborhood_attention_2d_triton", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+__all__ = ["unsupported_reason", "neighborhood_attention_2d_triton", "SUPPORTED_HEAD_DIMS", "MAX_V_DIM",
+           "SUPPORTED_DTYPES"]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64)
+MAX_V_DIM = 64  # value head dims up to this are padded in registers (kernels/_neighborhood_common.py: MAX_V_DIM)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -46,8 +48,8 @@ def unsupported_reason(q, k, v, args: "NeighborhoodArgs", rpb, bias) -> Optional
     """None when the Triton kernels handle this call, else why not (head_dim, dtype, device)."""
     if args.head_dim not in SUPPORTED_HEAD_DIMS:
         return f"head_dim (q.shape[-1]) must be one of {SUPPORTED_HEAD_DIMS}, got {args.head_dim}"
-    if args.v_dim not in SUPPORTED_HEAD_DIMS:
-        return f"value head_dim (v.shape[-1]) must be one of {SUPPORTED_HEAD_DIMS}, got {args.v_dim}"
+    if not 1 <= args.v_dim <= MAX_V_DIM:
+        return f"value head_dim (v.shape[-1]) must be in 1..{MAX_V_DIM}, got {args.v_dim}"
     dtype = _op_dtype(q, k, v)
     if dtype not in SUPPORTED_DTYPES:
         return f"q, k, v dtype must be one of float16, bfloat16, float32, got {dtype}"
