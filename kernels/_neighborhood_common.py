@@ -52,7 +52,7 @@ def next_pow2(n: int) -> int:
 # Value head dims are padded in registers to a power of two (masked loads/stores): EfficientViT's cascaded heads use
 # d_v = 48 (M0, M1). Capped at 64: with d_v = 96 padded to 128 (EfficientViT-M5) two H100/H200 runs ended in an
 # illegal memory access that CUDA_LAUNCH_BLOCKING=1 runs and the CPU interpreter did not reproduce (kernels/README.md);
-# until that is understood such calls take the torch path.
+# until that is understood the op layer splits wider values into chunks of at most this many channels.
 MAX_V_DIM = 64
 
 

@@ -91,8 +91,8 @@ FAMILIES = {
         reference="timm efficientvit_m*",
         text="Small, fast ViT: sandwich layout (one attention between FFNs) and cascaded group attention, where each "
              "head attends over 7x7 local windows (key dim 16, LeViT attention biases) and feeds its output to the "
-             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch (M0, M1; "
-             "the value head dims of M2-M5, 80-112, are above the kernels' 64 and take the torch path, see "
+             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch (M0, M1) "
+             "or two (M2-M5, whose value head dims 80-112 are split into chunks of at most 64 channels; see "
              "kernels/README.md)."),
     "vz_halonet": dict(
         title="HaloNet (timm architecture)", paper="Scaling Local Self-Attention for Parameter Efficient Visual "

@@ -25,7 +25,9 @@ __all__ = ["unsupported_reason", "neighborhood_attention_2d_triton", "SUPPORTED_
            "SUPPORTED_DTYPES"]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64)
-MAX_V_DIM = 64  # value head dims up to this are padded in registers (kernels/_neighborhood_common.py: MAX_V_DIM)
+# Value head dims up to this run in one kernel call (padded in registers, kernels/_neighborhood_common.py: MAX_V_DIM);
+# wider values are split into chunks of at most this many channels (see neighborhood_attention_2d_triton).
+MAX_V_DIM = 64
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -48,8 +50,8 @@ def unsupported_reason(q, k, v, args: "NeighborhoodArgs", rpb, bias) -> Optional
     """None when the Triton kernels handle this call, else why not (head_dim, dtype, device)."""
     if args.head_dim not in SUPPORTED_HEAD_DIMS:
         return f"head_dim (q.shape[-1]) must be one of {SUPPORTED_HEAD_DIMS}, got {args.head_dim}"
-    if not 1 <= args.v_dim <= MAX_V_DIM:
-        return f"value head_dim (v.shape[-1]) must be in 1..{MAX_V_DIM}, got {args.v_dim}"
+    if args.v_dim < 1:
+        return f"value head_dim (v.shape[-1]) must be >= 1, got {args.v_dim}"
     dtype = _op_dtype(q, k, v)
     if dtype not in SUPPORTED_DTYPES:
         return f"q, k, v dtype must be one of float16, bfloat16, float32, got {dtype}"
@@ -168,5 +170,12 @@ def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bia
     cast to one dtype (the autocast dtype under autocast)."""
     dtype = _op_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    out, _ = _OP(q, k, v, rpb, bias, list(args.kernel), list(args.dilation), list(args.stride), args.scale)
-    return out
+    params = (list(args.kernel), list(args.dilation), list(args.stride), args.scale)
+    if args.v_dim <= MAX_V_DIM:
+        return _OP(q, k, v, rpb, bias, *params)[0]
+    # Value channels are independent given the attention weights, and every gradient is linear in the (dO, O, V)
+    # channels (dS = P * (dO V^T - rowsum(dO * O)) sums over them), so one call per chunk of value channels gives the
+    # exact output and, through autograd's sums of the q / k / rpb / bias gradients, the exact gradients; it costs
+    # one q.k pass per chunk (EfficientViT-M2..M5: d_v 80-112, two chunks).
+    chunks = v.split(MAX_V_DIM, dim=-1)
+    return torch.cat([_OP(q, k, chunk, rpb, bias, *params)[0] for chunk in chunks], dim=-1)
