@@ -137,6 +137,23 @@ def test_benchmark_cpu_smoke_side_by_side(tmp_path, capsys):
     assert "x ref (inf/train)" in out and "efficientvit_m0" in out.split("x ref")[1]
 
 
+def test_profile_step_cpu_smoke(tmp_path, capsys):
+    """tools/profile_step.py on the CPU: wall time per step, the operator table and the CSVs (GPU columns empty)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import profile_step
+
+    for mode in ("train", "infer"):
+        out = tmp_path / mode
+        rows = profile_step.main(["--models", "vz_efficientvit_m0", "--mode", mode, "--device", "cpu", "--batch", "2",
+                                  "--img-size", "64", "--warmup", "0", "--steps", "1", "--out", str(out)])
+        assert rows[0]["wall_ms_per_step"] > 0 and rows[0]["gpu_ms_per_step"] is None and rows[0]["mode"] == mode
+        with open(out / "vz_efficientvit_m0_ops.csv") as f:
+            ops = f.read()
+        assert "aten::" in ops and ("convolution_backward" in ops) == (mode == "train")
+        assert (out / "summary.csv").is_file() and (out / "vz_efficientvit_m0_table.txt").stat().st_size > 0
+    assert "busy -" in capsys.readouterr().out
+
+
 @pytest.fixture
 def one_cpu_thread():
     """One intra-op thread: on a small CI box with a busy neighbour, OpenMP's spin-waits make these few-millisecond
@@ -222,6 +239,13 @@ def _bad_cases(tmp):
         "benchmark_nothing_to_do": ("benchmark", ["--out", f"{tmp}/bench"], "nothing to benchmark"),
         "benchmark_unknown_competitor": ("benchmark", ["--models", "official:agent_pvt_x", "--out", f"{tmp}/bench"],
                                          "--models 'official:agent_pvt_x' is not a known competitor; known: "),
+        "profile_wrong_model_name": ("profile_step", ["--models", "nat_minni", "--out", f"{tmp}/prof"],
+                                     "--models 'nat_minni' is not a registered timm/vitzoo model; did you mean"),
+        "profile_image_size": ("profile_step", ["--models", "vz_halonet_h1", "--img-size", "100", "--device", "cpu",
+                                                "--out", f"{tmp}/prof"],
+                               "HaloNet input height and width must be multiples of 256"),
+        "profile_bad_steps": ("profile_step", ["--models", "nat_mini", "--steps", "0", "--device", "cpu"],
+                              "--steps must be >= 1"),
     }
 
 
