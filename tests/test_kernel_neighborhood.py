@@ -136,6 +136,7 @@ def test_value_dim_above_kernel_limit_runs_in_chunks():
     gradient (q, k summed over the chunks by autograd, bias too) must still be exact."""
     from vitzoo.ops._neighborhood_triton import MAX_V_DIM
 
+    assert MAX_V_DIM == common.MAX_V_DIM  # the op layer's chunk width is what the kernels take in one call
     v_dim = MAX_V_DIM + 16
     _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), bias=True, v_dim=v_dim)
     _check((1, 7, 9, 1, 16), (3, 3), (1, 1), (1, 1), rpb=True, v_dim=v_dim)
