@@ -6,16 +6,17 @@ per launch on the H100 machine (``kernels/measurements/h100_host_overhead_*.txt`
 kernel at small sizes, so small-batch training and every backward were host-bound.
 
 :func:`launch` keeps Triton's path for the first call of a specialization (compilation and autotuning happen there
-as usual) and remembers the ``CompiledKernel`` it returns, the resolved grid and the constexpr values, under a key
-that is at least as fine as Triton's own specialization: exact values of every scalar argument (which covers the
+as usual) and remembers the ``CompiledKernel`` it returns and the constexpr values (the autotuner's choice included),
+under a key at least as fine as Triton's own specialization: exact values of every scalar argument (which covers the
 ``== 1`` / divisible-by-16 / 32-vs-64-bit specializations and the autotuner's shape keys), dtype, device and 16-byte
 alignment of every tensor, and the constexpr keyword arguments. Later calls with the same key go straight to the
-compiled kernel's launcher. Under ``TRITON_INTERPRET=1`` (no compiled kernels) every call takes Triton's path.
+compiled kernel's launcher; the grid always comes from the current call. Under ``TRITON_INTERPRET=1`` (no compiled
+kernels) every call takes Triton's path.
 
 Opt-in (``VITZOO_FAST_LAUNCH=1``, or ``ENABLED = True``) until it has a clean GPU record: on the H100 it cut the host
-time of one fwd+bwd by 10-30 % (NA 1.32 -> 0.98 ms, biased 0.93 -> 0.66 ms, routed 2.1 -> 1.7-1.9 ms), but two H100
-runs with it on ended in an illegal memory access (EfficientViT-M5 benchmark; neighborhood gpu_check) that the same
-code did not reproduce with CUDA_LAUNCH_BLOCKING=1 nor on an H200; not yet explained (kernels/README.md).
+time of one fwd+bwd by 10-30 % (NA 1.32 -> 0.98 ms, biased 0.93 -> 0.66 ms, routed 2.1 -> 1.7-1.9 ms). It was on in
+the first of two runs that ended in an illegal memory access (EfficientViT-M5 benchmark, H100); the second (H200,
+neighborhood gpu_check with a d_v = 96 case) had it off, which points at the d_v = 96 kernels (kernels/README.md).
 """
 from __future__ import annotations
 

@@ -161,6 +161,11 @@ def _num(value: Optional[float], fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _which_run(ours: Optional[Dict], ref: Dict) -> str:
+    """Where a reference row was measured, relative to the model's own row."""
+    return "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
+
+
 def reference_of(name: str, meas: Dict):
     """(label, row) of what this model is compared with: its timm twin, the official code (a benchmark row or the
     team's anchor) or Swin-T."""
@@ -171,20 +176,17 @@ def reference_of(name: str, meas: Dict):
     ours = meas["by_model"].get(name)
     if twin and twin in meas["by_model"]:
         ref = meas["by_model"][twin]
-        run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
-        return f"timm `{twin}` ({run})", ref
+        return f"timm `{twin}` ({_which_run(ours, ref)})", ref
     official = f"official:{name}"  # tools/benchmark.py's competitor row: the official code, transcribed
     if official in meas["by_model"]:
         ref = meas["by_model"][official]
-        run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
-        return f"{fam['reference']}: `{official}`, tools/competitors/ ({run})", ref
+        return f"{fam['reference']}: `{official}`, tools/competitors/ ({_which_run(ours, ref)})", ref
     if name in OFFICIAL_ANCHORS:
-        return "official code, eager (team anchor, same GPU and setting, `shared/anchors2-h100.json`)", \
+        return "official code, eager (team anchor: H100, bf16, batch 256 / 128, `shared/anchors2-h100.json`)", \
             OFFICIAL_ANCHORS[name]
     if SWIN_T in meas["by_model"] and family(name) in ("nat", "dinat") and name.endswith(("_tiny", "_mini")):
         ref = meas["by_model"][SWIN_T]
-        run = "measured in the same run" if ours and ours["_file"] == ref["_file"] else f"measured in `{ref['_file']}`"
-        return f"timm `{SWIN_T}` (same FLOP class, {run})", ref
+        return f"timm `{SWIN_T}` (same FLOP class, {_which_run(ours, ref)})", ref
     return fam["reference"] + " (not measured yet)", None
 
 

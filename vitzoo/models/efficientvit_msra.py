@@ -106,15 +106,16 @@ class CascadedGroupAttentionVz(nn.Module):
         """(kh*kw, kh*kw) table index ``|dy| * r + |dx|`` of every (query slot, key slot) pair: a constant, built once
         per window shape and device (in training too, where the gathered bias itself cannot be cached)."""
         key = (kernel, str(device))
-        idx = None if _compiling() else self._index_cache.get(key)  # compiled graphs fold the constant themselves
-        if idx is None:
-            kh, kw = kernel
-            with torch.inference_mode(False):  # a normal tensor: training saves it for the gather's backward
-                ys = torch.arange(kh, device=device).repeat_interleave(kw)
-                xs = torch.arange(kw, device=device).repeat(kh)
-                idx = (ys[:, None] - ys[None, :]).abs() * self.resolution + (xs[:, None] - xs[None, :]).abs()
-            if not _compiling():
-                self._index_cache[key] = idx
+        cache = None if _compiling() else self._index_cache  # compiled graphs fold the constant themselves
+        if cache is not None and key in cache:
+            return cache[key]
+        kh, kw = kernel
+        with torch.inference_mode(False):  # a normal tensor: training saves it for the gather's backward
+            ys = torch.arange(kh, device=device).repeat_interleave(kw)
+            xs = torch.arange(kw, device=device).repeat(kh)
+            idx = (ys[:, None] - ys[None, :]).abs() * self.resolution + (xs[:, None] - xs[None, :]).abs()
+        if cache is not None:
+            cache[key] = idx
         return idx
 
     def dense_bias(self, kernel: Tuple[int, int]) -> torch.Tensor:
