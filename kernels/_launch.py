@@ -6,17 +6,20 @@ per launch on the H100 machine (``kernels/measurements/h100_host_overhead_*.txt`
 kernel at small sizes, so small-batch training and every backward were host-bound.
 
 :func:`launch` keeps Triton's path for the first call of a specialization (compilation and autotuning happen there
-as usual) and remembers the ``CompiledKernel`` it returns and the constexpr values (the autotuner's choice included),
-under a key at least as fine as Triton's own specialization: exact values of every scalar argument (which covers the
-``== 1`` / divisible-by-16 / 32-vs-64-bit specializations and the autotuner's shape keys), dtype, device and 16-byte
-alignment of every tensor, and the constexpr keyword arguments. Later calls with the same key go straight to the
-compiled kernel's launcher; the grid always comes from the current call. Under ``TRITON_INTERPRET=1`` (no compiled
-kernels) every call takes Triton's path.
+as usual) and remembers the ``CompiledKernel`` it returns and the constexpr values (the autotuner's choice
+included, and what ``@triton.heuristics`` derives from them), under a key at least as fine as Triton's own
+specialization: exact values of every scalar argument (which covers the ``== 1`` / divisible-by-16 / 32-vs-64-bit
+specializations and the autotuner's shape keys), dtype, device and 16-byte alignment of every tensor, and the
+constexpr keyword arguments. Later calls with the same key go straight to the compiled kernel's launcher; the grid
+always comes from the current call. Under ``TRITON_INTERPRET=1`` (no compiled kernels) every call takes Triton's
+path.
 
-Opt-in (``VITZOO_FAST_LAUNCH=1``, or ``ENABLED = True``) until it has a clean GPU record: on the H100 it cut the host
-time of one fwd+bwd by 10-30 % (NA 1.32 -> 0.98 ms, biased 0.93 -> 0.66 ms, routed 2.1 -> 1.7-1.9 ms). It was on in
-the first of two runs that ended in an illegal memory access (EfficientViT-M5 benchmark, H100); the second (H200,
-neighborhood gpu_check with a d_v = 96 case) had it off, which points at the d_v = 96 kernels (kernels/README.md).
+On by default (``VITZOO_FAST_LAUNCH=0`` switches it off): on the H100 it cut the host time of one fwd+bwd by 10-30 %
+(NA 1.32 -> 0.98 ms, biased 0.93 -> 0.66 ms, routed 2.1 -> 1.7-1.9 ms). Its GPU record: every gpu_check family
+passed with it on (neighborhood 108/108 and routed 72/72 on 2026-11-23's fourth run, biased + halo 183/183 on the
+third), and so did 15 vitzoo model benchmarks, EfficientViT-M5 among them. An earlier illegal memory access (a d_v = 96
+kernel call, once with the cache on, once with it off) did not reproduce under compute-sanitizer; the kernels now
+take d_v <= 64 per call anyway (kernels/README.md).
 """
 from __future__ import annotations
 
@@ -25,13 +28,14 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from triton.runtime.autotuner import Heuristics
 from triton.runtime.jit import JITFunction
 
 from ._tuning import interpreting
 
 __all__ = ["launch", "clear_launch_cache", "ENABLED", "ALIGNMENT", "MAX_ENTRIES"]
 
-ENABLED = os.environ.get("VITZOO_FAST_LAUNCH", "0") not in ("", "0", "false", "False")
+ENABLED = os.environ.get("VITZOO_FAST_LAUNCH", "1") not in ("", "0", "false", "False")
 
 ALIGNMENT = 16  # bytes; Triton specializes pointer arguments on this alignment
 MAX_ENTRIES = 4096  # per kernel; detection with many input sizes must not grow the cache without bound
@@ -62,6 +66,18 @@ def _jit_function(kernel) -> JITFunction:
     return kernel
 
 
+def _heuristic_values(kernel, named: Dict[str, Any]) -> Dict[str, Any]:
+    """Constexprs that ``@triton.heuristics`` wrappers derive from the arguments and the chosen config, as Triton
+    computes them on its path (outermost wrapper first, each seeing the values before it)."""
+    values: Dict[str, Any] = {}
+    while not isinstance(kernel, JITFunction):
+        if isinstance(kernel, Heuristics):
+            for name, fn in kernel.values.items():
+                values[name] = fn({**named, **values})
+        kernel = kernel.fn
+    return values
+
+
 def _arg_key(arg: Any) -> Any:
     kind = type(arg)
     if kind is int:  # most arguments: the exact value (plain ints never equal the tuples below)
@@ -84,6 +100,7 @@ def _make_entry(kernel, compiled, grid: Grid, args: Sequence[Any], meta: Dict[st
     names = _jit_function(kernel).arg_names
     best = getattr(kernel, "best_config", None)  # set by the autotuner on every run
     full_meta = dict(meta, **(best.kwargs if best is not None else {}))
+    full_meta.update(_heuristic_values(kernel, dict(zip(names, args), **full_meta)))
     rest = names[len(args):]
     if any(name not in full_meta for name in rest):
         return None

@@ -2,11 +2,12 @@
 "Neighborhood Attention Transformer", CVPR 2023).
 
 One program owns a 2-D tile of keys of one (batch, head) inside one dilation group. The queries that can see any key
-of the tile form a bounded rectangle (the inverse neighborhood): window starts are monotone in the query index, so
-a binary search per axis finds it. The program walks that rectangle in chunks of ``BLOCK_M`` queries, recomputes
-the probabilities from the saved base-2 log-sum-exp, and accumulates ``dV = P^T dO`` and ``dK = dS^T Q * scale``
-with ``dS = P * (dP - delta)``, where ``delta = rowsum(dO * O)`` was written by the dQ kernel. Every output element
-is written by exactly one program: deterministic, no atomics.
+of the tile form a bounded rectangle (the inverse neighborhood): window starts are monotone in the query index, so a
+binary search per axis finds it. The program walks that rectangle in chunks of ``BLOCK_M`` queries, recomputes the
+probabilities from the saved base-2 log-sum-exp (window masks and position biases: one gather per score from the
+forward's window-logit table, ``_neighborhood_table.py``), and accumulates ``dV = P^T dO`` and ``dK = dS^T Q *
+scale`` with ``dS = P * (dP - delta)``, where ``delta = rowsum(dO * O)`` was written by the dQ kernel. Every output
+element is written by exactly one program: deterministic, no atomics.
 """
 from __future__ import annotations
 
@@ -19,40 +20,53 @@ import triton.language as tl
 from . import _neighborhood_common as common
 from ._neighborhood_common import (LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, value_block,
                                    window_start)
+from ._neighborhood_table import table_geometry, window_logit_table
 from .neighborhood_fwd import MIN_DOT, dot_precision, query_tile, tile_grid
 from ._launch import launch
 
 __all__ = ["neighborhood_bwd_dkdv"]
 
+# First config = the default when autotuning is off. H100 sweeps (bf16, d 32; kernels/measurements/
+# h100_na_sweeps_2026-11-23f.json, one BLOCK_M per run): sliding windows were fastest with 32-query chunks (56x56:
+# 0.39 ms vs 0.47 with 16 and 0.62 with 64), one-window key tiles with 16 (7x7 windows at 56x56: 0.29 ms vs 0.54
+# with 32); 8 warps never won. So each config names a chunk size per tiling and a heuristic picks the one that applies.
 _CONFIGS = [
-    triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BM_SLIDING": 32, "BM_WINDOW": 16}, num_warps=4, num_stages=1),
+    triton.Config({"BM_SLIDING": 16, "BM_WINDOW": 64}, num_warps=4, num_stages=1),
+    triton.Config({"BM_SLIDING": 16, "BM_WINDOW": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BM_SLIDING": 64, "BM_WINDOW": 32}, num_warps=4, num_stages=1),
 ]
+
+
+def query_chunk(nargs) -> int:
+    """BLOCK_M: the config's chunk for one-window key tiles (stride == kernel == tile) or for sliding tiles."""
+    window = (nargs["SH"], nargs["SW"]) == (nargs["KH"], nargs["KW"]) == (nargs["TILE_Y"], nargs["TILE_X"])
+    return nargs["BM_WINDOW"] if window else nargs["BM_SLIDING"]
 
 
 @triton.autotune(
     configs=bounded_configs(_CONFIGS),
     key=["H", "W", "NHEADS", "DIL_Y", "DIL_X", "KH", "KW", "SH", "SW", "TILE_Y", "TILE_X", "HEAD_DIM", "V_DIM"],
 )
+@triton.heuristics({"BLOCK_M": query_chunk})
 @triton.jit
 def _neighborhood_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, RPB, BIAS, DK, DV,
+    Q, K, V, DO, LSE, DELTA, TAB, DK, DV,
     stride_qb, stride_qy, stride_qx, stride_qh, stride_qd,
     stride_kb, stride_ky, stride_kx, stride_kh, stride_kd,
     stride_vb, stride_vy, stride_vx, stride_vh, stride_vd,
     stride_ob, stride_oy, stride_ox, stride_oh, stride_od,  # dO
     stride_dkb, stride_dky, stride_dkx, stride_dkh, stride_dkd,
     stride_dvb, stride_dvy, stride_dvx, stride_dvh, stride_dvd,
-    stride_rh, stride_ry, stride_rx,
-    stride_bh, stride_bq, stride_bk,
+    stride_th,  # window-logit table (heads or 1, KH*KW * TAB_ROWS * TAB_COLS), contiguous per head
     H, W, NHEADS, DIL_Y, DIL_X, TILES_Y, TILES_X,
     qk_scale, sm_scale,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     TILE_Y: tl.constexpr, TILE_X: tl.constexpr,  # key tile
+    SHIFT_Y: tl.constexpr, SHIFT_X: tl.constexpr, TAB_ROWS: tl.constexpr, TAB_COLS: tl.constexpr,
     HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
-    HAS_RPB: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BM_SLIDING: tl.constexpr, BM_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     tiles_per_group = TILES_Y * TILES_X
@@ -86,6 +100,8 @@ def _neighborhood_bwd_dkdv_kernel(
     kyi = ty0 + offs_n // TILE_X
     kxi = tx0 + offs_n % TILE_X
     k_valid = (offs_n < TILE_Y * TILE_X) & (kyi < glen_y) & (kxi < glen_x)
+    # table code of each key; padding keys take the tile's first key (in range, never stored)
+    k_code = tl.where(k_valid, kyi, ty0) * TAB_COLS + tl.where(k_valid, kxi, tx0)
     ky = gy + DIL_Y * kyi
     kx = gx + DIL_X * kxi
     offs_d = tl.arange(0, HEAD_DIM)
@@ -99,33 +115,28 @@ def _neighborhood_bwd_dkdv_kernel(
     q_base = Q + b64 * stride_qb + h * stride_qh
     do_base = DO + b64 * stride_ob + h * stride_oh
     row_base = bh.to(tl.int64) * H * W  # LSE / DELTA are contiguous (B, heads, H, W)
+    tab = TAB + h * stride_th
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, V_BLOCK], dtype=tl.float32)
     for m0 in range(0, n_queries, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         q_in = offs_m < n_queries
-        qyi = qy_lo + offs_m // span_qx
-        qxi = qx_lo + offs_m % span_qx
+        qyi = tl.where(q_in, qy_lo + offs_m // span_qx, qy_lo)  # padding queries: the first one (loads masked)
+        qxi = tl.where(q_in, qx_lo + offs_m % span_qx, qx_lo)
         qsy = window_start(qyi, glen_y, KH, SH)
         qsx = window_start(qxi, glen_x, KW, SW)
+        cls = (qyi - qsy) * KW + (qxi - qsx)
+        q_code = (qsy - SHIFT_Y) * TAB_COLS + (qsx - SHIFT_X) - cls * (TAB_ROWS * TAB_COLS)
         qy = gy + DIL_Y * qyi
         qx = gx + DIL_X * qxi
         qt = tl.load(q_base + qy[None, :] * stride_qy + qx[None, :] * stride_qx + offs_d[:, None] * stride_qd,
                      mask=q_in[None, :], other=0.0)
         st = tl.dot(k, qt, input_precision=DOT_PREC) * qk_scale  # (keys, queries), base-2 logits
-        ra = kyi[:, None] - qsy[None, :]
-        rb = kxi[:, None] - qsx[None, :]
-        in_win = (ra >= 0) & (ra < KH) & (rb >= 0) & (rb < KW) & k_valid[:, None] & q_in[None, :]
-        if HAS_RPB:
-            r_off = (kyi[:, None] - qyi[None, :] + KH - 1) * stride_ry \
-                + (kxi[:, None] - qxi[None, :] + KW - 1) * stride_rx
-            st += tl.load(RPB + h * stride_rh + r_off, mask=in_win, other=0.0).to(tl.float32) * LOG2E
-        if HAS_BIAS:
-            b_off = (((qyi - qsy) * KW + (qxi - qsx)) * stride_bq)[None, :] + (ra * KW + rb) * stride_bk
-            st += tl.load(BIAS + h * stride_bh + b_off, mask=in_win, other=0.0).to(tl.float32) * LOG2E
+        st += tl.load(tab + (k_code[:, None] - q_code[None, :])) * LOG2E  # -inf outside the window
         lse = tl.load(LSE + row_base + qy * W + qx, mask=q_in, other=0.0)
-        pt = tl.where(in_win, tl.math.exp2(st - lse[None, :]), 0.0)
+        # Padding queries read q = dO = 0 and lse = delta = 0: finite P, and no dV / dK contribution.
+        pt = tl.math.exp2(st - lse[None, :])
         do = tl.load(do_base + qy[:, None] * stride_oy + qx[:, None] * stride_ox + offs_e[None, :] * stride_od,
                      mask=q_in[:, None] & e_in[None, :], other=0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
@@ -164,16 +175,18 @@ def neighborhood_bwd_dkdv(
     tile = query_tile(kernel, stride)  # key tiles use the query tiling: one window per program for windows
     tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
     n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
+    kernel = (int(kernel[0]), int(kernel[1]))
+    geom = table_geometry(kernel, (int(stride[0]), int(stride[1])), tile)
+    table = window_logit_table(rpb, bias, kernel, geom, q.device)
     launch(_neighborhood_bwd_dkdv_kernel, (n_programs,),
-        q, k, v, grad_out, lse, delta,
-        rpb if rpb is not None else q, bias if bias is not None else q, dk, dv,
+        q, k, v, grad_out, lse, delta, table, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
-        *(rpb.stride() if rpb is not None else (0, 0, 0)), *(bias.stride() if bias is not None else (0, 0, 0)),
+        table.stride(0) if table.shape[0] > 1 else 0,
         height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
         scale * LOG2E, scale,
         KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
+        SHIFT_Y=geom.shift_y, SHIFT_X=geom.shift_x, TAB_ROWS=geom.rows, TAB_COLS=geom.cols,
         HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
-        HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
         DOT_PREC=dot_precision(q.dtype), BLOCK_N=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
     )
     return dk, dv

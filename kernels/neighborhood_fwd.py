@@ -3,10 +3,11 @@ windows; Hassani et al., "Neighborhood Attention Transformer", CVPR 2023, and NA
 
 One program owns a 2-D tile of queries of one (batch, head) inside one dilation group, reads the union of their
 windows (tile + kernel halo, in dilated sub-lattice coordinates) straight from the (B, H, W, heads, d) tensors by
-index arithmetic, in chunks of ``BLOCK_N`` keys, masks each key outside its query's window, adds the relative
-position bias / dense bias gathered from the tiny tables, and runs an fp32 online softmax (base 2). It writes the
-output and the per-query log-sum-exp (base 2) that the backward kernels reuse. Nothing of size (N, N) or
-(N, kernel) ever reaches HBM.
+index arithmetic, as 2-D blocks of ``KEY_ROWS`` union rows by ``KEY_W`` columns, and runs an fp32 online softmax
+(base 2). Window masks, the relative position bias and the dense bias all come from one gather per score out of the
+window-logit table (``_neighborhood_table.py``: ``-inf`` outside the query's window), indexed by a single
+subtraction ``key code - query code``. It writes the output and the per-query log-sum-exp (base 2) that the
+backward kernels reuse. Nothing of size (N, N) or (N, kernel) ever reaches HBM.
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import LOG2E, MAX, SUM, bounded_configs, next_pow2, value_block, window_start
+from ._neighborhood_common import MAX, SUM, LOG2E, bounded_configs, next_pow2, value_block, window_start
+from ._neighborhood_table import MAX_KEY_ROWS, table_geometry, window_logit_table
 from ._launch import launch
 
-__all__ = ["neighborhood_fwd", "query_tile"]
+__all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "dot_precision", "MIN_DOT"]
 
 # Queries per program in the sliding-window case: an 8x8 tile reads a (8+k-1)^2 key union for 64 queries.
 NA_TILE = (8, 8)
@@ -39,33 +41,44 @@ def query_tile(kernel: Sequence[int], stride: Sequence[int]) -> Tuple[int, int]:
     return NA_TILE
 
 
+# First config = the default when autotuning is off. H100 sweeps (bf16, d 32; kernels/measurements/
+# h100_na_sweeps_2026-11-23f.json): 32-key blocks were fastest, one stage for sliding windows (56x56: 0.27 ms vs 0.29
+# with two), two for 7x7 windows and dilation 2 (0.18 vs 0.20 ms); 64-key blocks won only for dilation 2 at 28x28.
 _CONFIGS = [
+    triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_N": 32}, num_warps=8, num_stages=2),
 ]
+
+
+def key_rows(nargs) -> int:
+    """Union rows per key block: ``BLOCK_N`` keys of ``KEY_W``-wide rows (at least one row, at most MAX_KEY_ROWS,
+    the row padding the window-logit table is sized for)."""
+    return min(MAX_KEY_ROWS, max(1, nargs["BLOCK_N"] // nargs["KEY_W"]))
 
 
 @triton.autotune(
     configs=bounded_configs(_CONFIGS),
     key=["H", "W", "NHEADS", "DIL_Y", "DIL_X", "KH", "KW", "SH", "SW", "TILE_Y", "TILE_X", "HEAD_DIM", "V_DIM"],
 )
+@triton.heuristics({"KEY_ROWS": key_rows})
 @triton.jit
 def _neighborhood_fwd_kernel(
-    Q, K, V, O, LSE, RPB, BIAS,
+    Q, K, V, O, LSE, TAB,
     stride_qb, stride_qy, stride_qx, stride_qh, stride_qd,
     stride_kb, stride_ky, stride_kx, stride_kh, stride_kd,
     stride_vb, stride_vy, stride_vx, stride_vh, stride_vd,
     stride_ob, stride_oy, stride_ox, stride_oh, stride_od,
-    stride_rh, stride_ry, stride_rx,  # rpb (heads, 2kh-1, 2kw-1)
-    stride_bh, stride_bq, stride_bk,  # dense bias (heads, kh*kw, kh*kw)
+    stride_th,  # window-logit table (heads or 1, KH*KW * TAB_ROWS * TAB_COLS), contiguous per head
     H, W, NHEADS, DIL_Y, DIL_X, TILES_Y, TILES_X,
     qk_scale,  # softmax scale * log2(e)
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
+    SHIFT_Y: tl.constexpr, SHIFT_X: tl.constexpr, TAB_ROWS: tl.constexpr, TAB_COLS: tl.constexpr,
+    KEY_W: tl.constexpr,  # key-block width, >= any tile's key-union width
     HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
-    HAS_RPB: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_ROWS: tl.constexpr,
 ):
     # ---- which (batch, head, dilation group, tile) this program owns; a 1-D grid has no per-axis size limit
     pid = tl.program_id(0)
@@ -84,23 +97,26 @@ def _neighborhood_fwd_kernel(
     glen_y = (H - gy + DIL_Y - 1) // DIL_Y  # length of this dilation group's sub-lattice
     glen_x = (W - gx + DIL_X - 1) // DIL_X
 
-    # ---- key union of the tile: window starts are monotone, so it spans [start(first), start(last) + k)
+    # ---- key union of the tile: window starts are monotone, so it spans [start(first), start(last) + k) rows
     ty_last = tl.minimum(ty0 + TILE_Y, glen_y) - 1
-    tx_last = tl.minimum(tx0 + TILE_X, glen_x) - 1
     key_y0 = window_start(ty0, glen_y, KH, SH)
     key_x0 = window_start(tx0, glen_x, KW, SW)
     span_y = window_start(ty_last, glen_y, KH, SH) + KH - key_y0
-    span_x = window_start(tx_last, glen_x, KW, SW) + KW - key_x0
     tile_live = (ty0 < glen_y) & (tx0 < glen_x)  # tiles past a short group's end own no query
-    n_keys = tl.where(tile_live, span_y * span_x, 0)
+    n_rows = tl.where(tile_live, span_y, 0)
 
-    # ---- the query tile
+    # ---- the query tile and each query's code into the table: (window start, class) folded into one integer
     offs_m = tl.arange(0, BLOCK_M)
     qyi = ty0 + offs_m // TILE_X
     qxi = tx0 + offs_m % TILE_X
     q_valid = (offs_m < TILE_Y * TILE_X) & (qyi < glen_y) & (qxi < glen_x)
-    qsy = window_start(qyi, glen_y, KH, SH)  # each query's own window start
-    qsx = window_start(qxi, glen_x, KW, SW)
+    # Padding queries take the tile's first query's window: their codes must stay inside the table too.
+    cyi = tl.where(q_valid, qyi, ty0)
+    cxi = tl.where(q_valid, qxi, tx0)
+    qsy = window_start(cyi, glen_y, KH, SH)  # each query's own window start
+    qsx = window_start(cxi, glen_x, KW, SW)
+    cls = (cyi - qsy) * KW + (cxi - qsx)
+    q_code = (qsy - SHIFT_Y) * TAB_COLS + (qsx - SHIFT_X) - cls * (TAB_ROWS * TAB_COLS)
     qy = gy + DIL_Y * qyi
     qx = gx + DIL_X * qxi
     offs_d = tl.arange(0, HEAD_DIM)
@@ -111,34 +127,26 @@ def _neighborhood_fwd_kernel(
     q = tl.load(q_ptrs + offs_d[None, :] * stride_qd, mask=q_valid[:, None], other=0.0)
     k_base = K + b64 * stride_kb + h * stride_kh
     v_base = V + b64 * stride_vb + h * stride_vh
-    if HAS_BIAS:
-        bias_row = ((qyi - qsy) * KW + (qxi - qsx)) * stride_bq  # the query's slot in its window
+    tab = TAB + h * stride_th
+
+    # ---- the key block: KEY_ROWS union rows x KEY_W columns (columns past the union are outside every window)
+    offs_n = tl.arange(0, KEY_ROWS * KEY_W)
+    kxi = key_x0 + offs_n % KEY_W
+    kx = gx + DIL_X * kxi
+    kx_in = kxi < glen_x
 
     # Finite initial max: rows (padding queries) that never see a key stay NaN-free.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, V_BLOCK], dtype=tl.float32)
-    for n0 in range(0, n_keys, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k_in = offs_n < n_keys
-        kyi = key_y0 + offs_n // span_x
-        kxi = key_x0 + offs_n % span_x
+    for r0 in range(0, n_rows, KEY_ROWS):
+        kyi = key_y0 + r0 + offs_n // KEY_W
         ky = gy + DIL_Y * kyi
-        kx = gx + DIL_X * kxi
+        k_in = kx_in & (kyi < glen_y)  # loads only: the table masks keys outside each query's window
         kt = tl.load(k_base + ky[None, :] * stride_ky + kx[None, :] * stride_kx + offs_d[:, None] * stride_kd,
                      mask=k_in[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
-        ra = kyi[None, :] - qsy[:, None]  # key's slot in the query's window, per axis
-        rb = kxi[None, :] - qsx[:, None]
-        in_win = (ra >= 0) & (ra < KH) & (rb >= 0) & (rb < KW) & k_in[None, :]
-        if HAS_RPB:  # table index = key - query (sub-lattice) + k - 1
-            r_off = (kyi[None, :] - qyi[:, None] + KH - 1) * stride_ry \
-                + (kxi[None, :] - qxi[:, None] + KW - 1) * stride_rx
-            s += tl.load(RPB + h * stride_rh + r_off, mask=in_win, other=0.0).to(tl.float32) * LOG2E
-        if HAS_BIAS:
-            b_off = bias_row[:, None] + (ra * KW + rb) * stride_bk
-            s += tl.load(BIAS + h * stride_bh + b_off, mask=in_win, other=0.0).to(tl.float32) * LOG2E
-        s = tl.where(in_win, s, float("-inf"))
+        s += tl.load(tab + ((kyi * TAB_COLS + kxi)[None, :] - q_code[:, None])) * LOG2E
         m_new = tl.maximum(m_i, tl.reduce(s, 1, MAX))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
@@ -187,18 +195,17 @@ def neighborhood_fwd(
     tile = query_tile(kernel, stride)
     tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
     n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    rpb_t = rpb if rpb is not None else q  # placeholder pointer, never read when HAS_RPB is False
-    bias_t = bias if bias is not None else q
-    rpb_strides = rpb.stride() if rpb is not None else (0, 0, 0)
-    bias_strides = bias.stride() if bias is not None else (0, 0, 0)
+    kernel = (int(kernel[0]), int(kernel[1]))
+    geom = table_geometry(kernel, (int(stride[0]), int(stride[1])), tile)
+    table = window_logit_table(rpb, bias, kernel, geom, q.device)
     launch(_neighborhood_fwd_kernel, (n_programs,),
-        q, k, v, out, lse, rpb_t, bias_t,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *rpb_strides, *bias_strides,
+        q, k, v, out, lse, table,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), table.stride(0) if table.shape[0] > 1 else 0,
         height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
         scale * LOG2E,
         KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
+        SHIFT_Y=geom.shift_y, SHIFT_X=geom.shift_x, TAB_ROWS=geom.rows, TAB_COLS=geom.cols, KEY_W=geom.key_w,
         HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
-        HAS_RPB=rpb is not None, HAS_BIAS=bias is not None,
         DOT_PREC=dot_precision(q.dtype), BLOCK_M=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
     )
     return out, lse

@@ -29,6 +29,16 @@ _toy_autotuned = triton.autotune(configs=[triton.Config({"BLOCK": 16}), triton.C
                                  key=["n"])(JITFunction(_toy_tuned))
 
 
+def _toy_derived(X, n, scale, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    pass
+
+
+# autotune over BLOCK, then a heuristic derives ROWS from the chosen BLOCK and a runtime argument (as the NA forward
+# derives KEY_ROWS from BLOCK_N and KEY_W)
+_toy_derived_kernel = triton.autotune(configs=[triton.Config({"BLOCK": 64})], key=["n"])(
+    triton.heuristics({"ROWS": lambda a: a["BLOCK"] // a["n"]})(JITFunction(_toy_derived)))
+
+
 class _Compiled:
     """Stand-in for triton.compiler.CompiledKernel: ``compiled[grid](*args)`` records the replay."""
     function = object()
@@ -53,7 +63,7 @@ def recorder(monkeypatch):
 
     monkeypatch.setattr(triton.runtime.jit.JITFunction, "run", fake_run)
     monkeypatch.setattr(_launch, "interpreting", lambda: False)
-    monkeypatch.setattr(_launch, "ENABLED", True)  # opt-in: off by default
+    monkeypatch.setattr(_launch, "ENABLED", True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     _launch.clear_launch_cache()
     yield log
@@ -109,6 +119,22 @@ def test_autotuned_kernel_replays_chosen_config_and_callable_grid(recorder, monk
     assert recorder[-1] == ("replay", (4, 5, 1), (x, 100, 1.0, False, 32))
 
 
+def test_heuristic_constexprs_are_replayed(recorder, monkeypatch):
+    chosen = triton.Config({"BLOCK": 64})
+
+    def fake_autotune_run(self, *args, **kwargs):
+        self.best_config = chosen
+        return self.fn.run(*args, **kwargs, **chosen.all_kwargs())
+
+    monkeypatch.setattr(triton.runtime.autotuner.Autotuner, "run", fake_autotune_run)
+    x = torch.zeros(64)
+    for n in (8, 8, 16, 16):
+        _launch.launch(_toy_derived_kernel, (1,), x, n, 1.0)
+    assert [entry[0] for entry in recorder] == ["triton", "replay", "triton", "replay"]
+    assert recorder[0][3]["ROWS"] == 8 and recorder[2][3]["ROWS"] == 4  # what Triton's path derived
+    assert recorder[1][2] == (x, 8, 1.0, 64, 8) and recorder[3][2] == (x, 16, 1.0, 64, 4)
+
+
 def test_grid_reading_argument_names_is_not_cached(recorder):
     x = torch.zeros(64)
 
@@ -134,3 +160,18 @@ def test_switched_off_always_takes_triton_path(recorder, monkeypatch):
     for _ in range(2):
         _launch.launch(_toy_kernel, (1,), x, 8, 1.0, BLOCK=16, FLAG=False)
     assert [entry[0] for entry in recorder] == ["triton", "triton"]
+
+
+@pytest.mark.parametrize("value, enabled", [(None, True), ("1", True), ("0", False), ("false", False)])
+def test_on_by_default_and_env_switches_off(monkeypatch, value, enabled):
+    import importlib
+
+    if value is None:
+        monkeypatch.delenv("VITZOO_FAST_LAUNCH", raising=False)
+    else:
+        monkeypatch.setenv("VITZOO_FAST_LAUNCH", value)
+    try:
+        assert importlib.reload(_launch).ENABLED is enabled
+    finally:
+        monkeypatch.undo()
+        importlib.reload(_launch)

@@ -221,3 +221,113 @@ def test_unsupported_calls_raise(q_shape, v_dim, dtype, match):
     # "auto" on CPU tensors never picks Triton; it must still give the torch result without raising
     out = neighborhood_attention_2d(q, q, v, 3, backend="auto")
     assert out.shape == (*q_shape[:4], v_dim)
+
+
+def _sim_window_start(ii, glen, kern, stride):
+    """kernels/_neighborhood_common.window_start, on python ints (also for padding queries past the group end)."""
+    leader = min((ii // stride) * stride + stride // 2, glen - 1)
+    return min(max(leader - kern // 2, 0), glen - kern)
+
+
+@pytest.mark.parametrize("kernel, stride, tile, glen", [
+    ((7, 7), (1, 1), (8, 8), (13, 23)),  # NAT: tiles at both borders and a short last tile
+    ((13, 13), (1, 1), (8, 8), (14, 21)),
+    ((7, 7), (7, 7), (7, 7), (14, 21)),  # windows
+    ((3, 5), (2, 5), (8, 8), (9, 17)),  # stride between 1 and kernel: start jumps inside a tile
+    ((8, 6), (3, 6), (8, 8), (17, 9)),
+    ((3, 3), (3, 3), (3, 3), (7, 9)),  # tiny windows: the key block is padded to >= 16 keys
+])
+def test_window_table_covers_every_lookup(kernel, stride, tile, glen):
+    """Every table index the forward kernel can form -- any tile, any query of it (padding ones too), any key of any
+    KEY_ROWS x KEY_W block of the row loop, for every autotune config -- and every one the dK/dV kernel can form
+    (any key tile, any query of its inverse neighborhood) lies inside the table, and the entry read is -inf exactly
+    when the key is outside the query's window (neither kernel has another mask)."""
+    from vitzoo.kernels import neighborhood_fwd as fwd
+    from vitzoo.kernels._neighborhood_table import table_geometry, window_logit_table
+
+    geom = table_geometry(kernel, stride, tile)
+    table = window_logit_table(None, None, kernel, geom, torch.device("cpu"))[0]
+    size = table.numel()
+    key_rows = sorted({fwd.key_rows(dict(c.kwargs, KEY_W=geom.key_w)) for c in fwd._CONFIGS})
+    assert all(kr * geom.key_w >= 16 for kr in key_rows)  # tl.dot operand minimum
+    (kh, kw), (sh, sw), (tyl, txl), (gly, glx) = kernel, stride, tile, glen
+    for ty0 in range(0, gly, tyl):
+        for tx0 in range(0, glx, txl):
+            ty_last = min(ty0 + tyl, gly) - 1
+            key_y0, key_x0 = _sim_window_start(ty0, gly, kh, sh), _sim_window_start(tx0, glx, kw, sw)
+            span_y = _sim_window_start(ty_last, gly, kh, sh) + kh - key_y0
+            span_x = _sim_window_start(min(tx0 + txl, glx) - 1, glx, kw, sw) + kw - key_x0
+            assert span_x <= geom.key_w
+            for m in range(fwd.next_pow2(tyl * txl) if tyl * txl >= 16 else 16):
+                qyi, qxi = ty0 + m // txl, tx0 + m % txl
+                valid = m < tyl * txl and qyi < gly and qxi < glx
+                if not valid:  # padding queries use the tile's first query's window
+                    qyi, qxi = ty0, tx0
+                qsy, qsx = _sim_window_start(qyi, gly, kh, sh), _sim_window_start(qxi, glx, kw, sw)
+                cls = (qyi - qsy) * kw + (qxi - qsx)
+                q_code = (qsy - geom.shift_y) * geom.cols + (qsx - geom.shift_x) - cls * geom.rows * geom.cols
+                for kr in key_rows:
+                    for kyi in range(key_y0, key_y0 + -(-span_y // kr) * kr):
+                        for kxi in range(key_x0, key_x0 + geom.key_w):
+                            off = kyi * geom.cols + kxi - q_code
+                            assert 0 <= off < size, (ty0, tx0, m, kr, kyi, kxi)
+                            if valid:
+                                inside = 0 <= kyi - qsy < kh and 0 <= kxi - qsx < kw
+                                assert (table[off] == 0) == inside, (ty0, tx0, m, kyi, kxi)
+    # dK/dV kernel: key tiles (same tiling), queries = the inverse neighborhood rectangle; padding keys / queries take
+    # the tile's first key / the rectangle's first query
+    def first_query_with_start_ge(target, gl, kern, st):
+        return next((i for i in range(gl) if _sim_window_start(i, gl, kern, st) >= target), gl)
+
+    n_keys = fwd.next_pow2(tyl * txl) if tyl * txl >= 16 else 16
+    for ty0 in range(0, gly, tyl):
+        for tx0 in range(0, glx, txl):
+            ty_last, tx_last = min(ty0 + tyl, gly) - 1, min(tx0 + txl, glx) - 1
+            qy_lo = first_query_with_start_ge(ty0 - kh + 1, gly, kh, sh)
+            qy_hi = first_query_with_start_ge(ty_last + 1, gly, kh, sh)
+            qx_lo = first_query_with_start_ge(tx0 - kw + 1, glx, kw, sw)
+            qx_hi = first_query_with_start_ge(tx_last + 1, glx, kw, sw)
+            queries = [(y, x) for y in range(qy_lo, qy_hi) for x in range(qx_lo, qx_hi)] + [(qy_lo, qx_lo)]
+            for n in range(n_keys):
+                kyi, kxi = ty0 + n // txl, tx0 + n % txl
+                if not (n < tyl * txl and kyi < gly and kxi < glx):
+                    kyi, kxi = ty0, tx0
+                for qyi, qxi in queries:
+                    qsy, qsx = _sim_window_start(qyi, gly, kh, sh), _sim_window_start(qxi, glx, kw, sw)
+                    cls = (qyi - qsy) * kw + (qxi - qsx)
+                    q_code = (qsy - geom.shift_y) * geom.cols + (qsx - geom.shift_x) - cls * geom.rows * geom.cols
+                    off = kyi * geom.cols + kxi - q_code
+                    assert 0 <= off < size, ("dkdv", ty0, tx0, n, qyi, qxi)
+                    inside = 0 <= kyi - qsy < kh and 0 <= kxi - qsx < kw
+                    assert (table[off] == 0) == inside, ("dkdv", ty0, tx0, kyi, kxi, qyi, qxi)
+
+
+@pytest.mark.parametrize("config_index", range(4))
+def test_forward_every_autotune_config(config_index, monkeypatch):
+    """CI runs only the first autotune config; the others (taller key blocks, more row padding) must be exact too:
+    the forward pinned to each config, on sliding windows at the borders, dilated, and windows with a dense bias."""
+    from vitzoo.kernels import neighborhood_fwd as fwd
+
+    assert len(fwd._CONFIGS) == 4  # keep the parametrization in step with the config list
+    config = fwd._CONFIGS[config_index]
+    monkeypatch.setattr(fwd._neighborhood_fwd_kernel, "configs", [config])
+    for shape, kernel, dilation, stride, rpb, bias in [((1, 13, 11, 2, 16), (7, 7), (1, 1), (1, 1), True, False),
+                                                       ((1, 12, 10, 1, 16), (3, 3), (3, 2), (1, 1), True, True),
+                                                       ((1, 14, 7, 1, 16), (7, 7), (1, 1), (7, 7), False, True)]:
+        q, k, v, rpb_t, bias_t = _inputs(shape, kernel, rpb=rpb, bias=bias)
+        out = neighborhood_attention_2d(q, k, v, kernel, dilation, stride, rpb_t, bias_t, backend="triton")
+        ref = brute_force(q.double(), k.double(), v.double(), kernel, dilation, stride,
+                          None if rpb_t is None else rpb_t.double(), None if bias_t is None else bias_t.double())
+        assert float((out.double() - ref).norm() / ref.norm()) < 2e-5, (config, kernel, stride)
+
+
+@pytest.mark.parametrize("config_index", range(4))
+def test_dkdv_every_autotune_config(config_index, monkeypatch):
+    """The dK/dV kernel pinned to each autotune config (query chunks of 16-64, padding queries in the last chunk):
+    dk and dv against the float64 brute force on a bordered sliding case and a window case."""
+    from vitzoo.kernels import neighborhood_bwd_dkdv as dkdv
+
+    assert len(dkdv._CONFIGS) == 4
+    monkeypatch.setattr(dkdv._neighborhood_bwd_dkdv_kernel, "configs", [dkdv._CONFIGS[config_index]])
+    _check((1, 9, 11, 1, 16), (3, 3), (1, 1), (1, 1), rpb=True)
+    _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), bias=True)

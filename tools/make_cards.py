@@ -16,7 +16,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -323,8 +323,16 @@ def render(measurements: List[str]):
     return cards, new_readme
 
 
+def _run_tag(path: str) -> Tuple[str, str]:
+    """Chronological sort key of a measurement file: its run tag (``2026-11-23``, ``...23e``, ``...23f2``) whatever
+    the GPU prefix, so a later H100 run overrides an earlier H200 one."""
+    match = re.search(r"\d{4}-\d{2}-\d{2}[a-z0-9]*", os.path.basename(path))
+    return (match.group(0) if match else "", os.path.basename(path))
+
+
 def measurement_files() -> List[str]:
-    files = sorted(glob.glob(os.path.join(CARDS_DIR, "measurements", "*.json")))
+    """Every ``model_cards/measurements/*.json``, oldest run first (later rows replace earlier ones)."""
+    files = sorted(glob.glob(os.path.join(CARDS_DIR, "measurements", "*.json")), key=_run_tag)
     if not files:
         raise SystemExit("no measurements in model_cards/measurements/")
     return files
