@@ -62,13 +62,13 @@ FAMILIES = {
              "(no k-fold gathered K/V)."),
     "nat": dict(
         title="NAT", paper="Neighborhood Attention Transformer (Hassani et al., CVPR 2023)",
-        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin-T (same setting)",
+        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin of the same size (same setting)",
         text="Hierarchical transformer whose attention is 7x7 neighborhood attention (a sliding window per query, "
              "shifted inward at the borders) with a learnable relative-position bias; convolutional tokenizer and "
              "downsamplers. vitzoo runs it on its generalized neighborhood-attention Triton kernel."),
     "dinat": dict(
         title="DiNAT", paper="Dilated Neighborhood Attention Transformer (Hassani & Shi, 2022)",
-        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin-T (same setting)",
+        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin of the same size (same setting)",
         text="NAT with dilated neighborhood attention interleaved with local neighborhood attention per block "
              "(published dilation schedules), for a receptive field that grows exponentially with depth. Same "
              "Triton kernel as NAT, dilation read by index arithmetic."),
@@ -120,6 +120,10 @@ REPORTED: Dict[str, float] = {
 OFFICIAL_ANCHORS = {"biformer_t": dict(infer_img_s=3742.0, train_img_s=1124.3, train_peak_GB=12.29),
                     "biformer_s": dict(infer_img_s=1777.2, train_img_s=561.5, train_peak_GB=24.23)}
 SWIN_T = "swin_tiny_patch4_window7_224"
+# NAT / DiNAT have no runnable official code here (it needs NATTEN with relative position biases, which PyPI does not
+# ship): the reference is timm's Swin of the same size class (the NAT paper's own comparison)
+SWIN_OF_SIZE = {"mini": SWIN_T, "tiny": SWIN_T, "small": "swin_small_patch4_window7_224",
+                "base": "swin_base_patch4_window7_224"}
 
 
 def vitzoo_models() -> List[str]:
@@ -168,7 +172,7 @@ def _which_run(ours: Optional[Dict], ref: Dict) -> str:
 
 def reference_of(name: str, meas: Dict):
     """(label, row) of what this model is compared with: its timm twin, the official code (a benchmark row or the
-    team's anchor) or Swin-T."""
+    team's anchor) or, for NAT / DiNAT, timm's Swin of the same size class."""
     fam = FAMILIES[family(name)]
     twin = name[3:].replace("maxvit_tiny_224", "maxvit_tiny_tf_224").replace(
         "maxvit_small_224", "maxvit_small_tf_224").replace("maxvit_base_224", "maxvit_base_tf_224") \
@@ -184,9 +188,10 @@ def reference_of(name: str, meas: Dict):
     if name in OFFICIAL_ANCHORS:
         return "official code, eager (team anchor: H100, bf16, batch 256 / 128, `shared/anchors2-h100.json`)", \
             OFFICIAL_ANCHORS[name]
-    if SWIN_T in meas["by_model"] and family(name) in ("nat", "dinat") and name.endswith(("_tiny", "_mini")):
-        ref = meas["by_model"][SWIN_T]
-        return f"timm `{SWIN_T}` (same FLOP class, {_which_run(ours, ref)})", ref
+    swin = SWIN_OF_SIZE.get(name.rsplit("_", 1)[-1]) if family(name) in ("nat", "dinat") else None
+    if swin in meas["by_model"]:
+        ref = meas["by_model"][swin]
+        return f"timm `{swin}` (same size class, {_which_run(ours, ref)})", ref
     return fam["reference"] + " (not measured yet)", None
 
 
