@@ -35,3 +35,18 @@ def test_card_numbers_match_the_measurements_file():
             assert "| failed in this run:" in line
         else:
             assert f"| {rows[name]['train_img_s']:.0f} |" in line
+
+
+def test_references_and_run_order():
+    """NAT / DiNAT are compared with timm's Swin of their size class, vz_* models with their timm twin; a later run
+    (by tag, whatever the GPU prefix) overrides an earlier one."""
+    row = {"_file": "a.json"}
+    meas = {"by_model": {m: dict(row, model=m) for m in ("swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224",
+                                                         "swin_base_patch4_window7_224", "davit_tiny")}}
+    for name, expected in [("nat_mini", "swin_tiny"), ("dinat_small", "swin_small"), ("nat_base", "swin_base"),
+                           ("vz_davit_tiny", "davit_tiny")]:
+        label, ref = make_cards.reference_of(name, meas)
+        assert ref["model"].startswith(expected), (name, label)
+    files = ["x/h200_2026-11-23e.json", "x/h100_2026-11-23f1.json", "x/h100_2026-11-23.json", "x/h100_2026-11-23b.json"]
+    assert [os.path.basename(f) for f in sorted(files, key=make_cards._run_tag)] == [
+        "h100_2026-11-23.json", "h100_2026-11-23b.json", "h200_2026-11-23e.json", "h100_2026-11-23f1.json"]
