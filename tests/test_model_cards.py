@@ -47,6 +47,7 @@ def test_references_and_run_order():
                            ("vz_davit_tiny", "davit_tiny")]:
         label, ref = make_cards.reference_of(name, meas)
         assert ref["model"].startswith(expected), (name, label)
-    files = ["x/h200_2026-11-23e.json", "x/h100_2026-11-23f1.json", "x/h100_2026-11-23.json", "x/h100_2026-11-23b.json"]
+    files = ["x/h200_2026-11-23e.json", "x/h100_2026-11-23f1.json", "x/h100_2026-11-23.json",
+             "x/h100_2026-11-23b.json"]
     assert [os.path.basename(f) for f in sorted(files, key=make_cards._run_tag)] == [
         "h100_2026-11-23.json", "h100_2026-11-23b.json", "h200_2026-11-23e.json", "h100_2026-11-23f1.json"]
