@@ -41,8 +41,9 @@ def test_references_and_run_order():
     """NAT / DiNAT are compared with timm's Swin of their size class, vz_* models with their timm twin; a later run
     (by tag, whatever the GPU prefix) overrides an earlier one."""
     row = {"_file": "a.json"}
-    meas = {"by_model": {m: dict(row, model=m) for m in ("swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224",
-                                                         "swin_base_patch4_window7_224", "davit_tiny")}}
+    names = ("swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
+             "davit_tiny")
+    meas = {"by_model": {m: dict(row, model=m) for m in names}}
     for name, expected in [("nat_mini", "swin_tiny"), ("dinat_small", "swin_small"), ("nat_base", "swin_base"),
                            ("vz_davit_tiny", "davit_tiny")]:
         label, ref = make_cards.reference_of(name, meas)
