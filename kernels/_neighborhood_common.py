@@ -14,10 +14,11 @@ import triton.language as tl
 
 from ._tuning import autotune_enabled, interpreting
 
-__all__ = ["LOG2E", "INTERPRET", "SUM", "MAX", "MAX_V_DIM", "alloc", "next_pow2", "value_block", "bounded_configs",
-           "window_start", "first_query_with_start_ge"]
+__all__ = ["LOG2E", "INTERPRET", "SUM", "MAX", "MAX_V_DIM", "MIN_DOT", "alloc", "next_pow2", "value_block",
+           "bounded_configs", "window_start", "first_query_with_start_ge"]
 
-LOG2E = tl.constexpr(1.4426950408889634)  # softmax runs in base 2 (exp2 is the native instruction); logits are scaled by log2(e)
+# Softmax runs in base 2 (exp2 is the native instruction); logits are scaled by log2(e).
+LOG2E = tl.constexpr(1.4426950408889634)
 
 # Combine functions for ``tl.reduce``: the same reductions as tl.sum / tl.max on GPUs, but the interpreter runs
 # them as single numpy calls, whereas every call of the jit wrappers tl.sum / tl.max re-patches triton.language
@@ -51,9 +52,10 @@ def next_pow2(n: int) -> int:
 
 # Value head dims are padded in registers to a power of two (masked loads/stores): EfficientViT's cascaded heads use
 # d_v = 48 (M0, M1). Capped at 64: with d_v = 96 padded to 128 (EfficientViT-M5) two H100/H200 runs ended in an
-# illegal memory access that CUDA_LAUNCH_BLOCKING=1 runs and the CPU interpreter did not reproduce (kernels/README.md);
-# until that is understood the op layer splits wider values into chunks of at most this many channels.
+# illegal memory access that CUDA_LAUNCH_BLOCKING=1, compute-sanitizer and the CPU interpreter did not reproduce
+# (kernels/README.md); the op layer splits wider values into chunks of at most this many channels.
 MAX_V_DIM = 64
+MIN_DOT = 16  # tl.dot needs every operand dimension >= 16 on GPUs
 
 
 def value_block(v_dim: int) -> int:

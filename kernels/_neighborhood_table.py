@@ -1,16 +1,15 @@
-"""The window-logit table of the neighborhood-attention forward kernel (torch code; no kernel lives here).
+"""The window-logit table of the neighborhood-attention forward and dK/dV kernels (torch code; no kernel lives here).
 
 Inside a query tile every query's window is fixed by its *class* ``(ly, lx)`` (its own slot in its window) and every
 key is placed relative to that window by ``(ra, rb) = key - window start`` (sub-lattice units). Whether the key is in
 the window, the relative-position bias it gets and the dense-bias entry it gets are all functions of ``(ly, lx, ra,
-rb)`` alone. So one small per-head table ``T[h, ly, lx, ra, rb]`` -- ``log2(e) * (rpb + bias)`` inside the window,
-``-inf`` outside -- replaces the kernel's per-score masks (four compares), rpb index arithmetic and up to two gathers
-with one integer subtraction and one gather: the forward's hot loop was instruction-bound (ncu, H100: 218 registers,
-12.5 % occupancy), not memory-bound.
+rb)`` alone. So one small per-head table ``T[h, ly, lx, ra, rb]`` -- ``rpb + bias`` inside the window, ``-inf``
+outside -- replaces the kernels' per-score masks (four compares), rpb index arithmetic and up to two gathers with one
+integer subtraction and one gather: their hot loops were instruction-bound (ncu, H100: 218-255 registers, 12.5 %
+occupancy), not memory-bound.
 
-The table covers every ``(ra, rb)`` the kernel can form: ``ra`` runs from ``-shift`` (the largest window-start
-difference inside a tile, when the key union starts at the first query's window) to the last padded key row, so no
-lookup needs a bounds check; :func:`table_geometry` derives the extents from the constexprs the kernel uses.
+The table covers every ``(ra, rb)`` either kernel can form (:func:`table_geometry` derives the extents from the
+constexprs they use), so no lookup needs a bounds check.
 """
 from __future__ import annotations
 
@@ -20,12 +19,11 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ._neighborhood_common import next_pow2
+from ._neighborhood_common import MIN_DOT, next_pow2
 
-__all__ = ["TableGeometry", "table_geometry", "max_start_shift", "window_logit_table", "MAX_KEY_ROWS"]
+__all__ = ["TableGeometry", "table_geometry", "max_start_shift", "window_logit_table", "launch_table", "MAX_KEY_ROWS"]
 
 MAX_KEY_ROWS = 8  # most union rows per forward key block (neighborhood_fwd.key_rows): the table covers its padding
-MIN_DOT = 16  # tl.dot needs every operand dimension >= 16: KEY_ROWS * KEY_W >= 16
 
 
 class TableGeometry(NamedTuple):
@@ -104,3 +102,13 @@ def window_logit_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor]
     if rpb is None:
         return _gather(bias, bias_idx)
     return _gather(rpb, rpb_idx) + _gather(bias, bias_idx)
+
+
+def launch_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
+                 stride: Sequence[int], tile: Tuple[int, int], device: torch.device
+                 ) -> Tuple[TableGeometry, torch.Tensor, int]:
+    """What a launcher passes: the geometry (its constexprs), the table, and the table's head stride (0 when one
+    table serves every head)."""
+    geom = table_geometry((int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1])), tile)
+    table = window_logit_table(rpb, bias, kernel, geom, device)
+    return geom, table, table.stride(0) if table.shape[0] > 1 else 0

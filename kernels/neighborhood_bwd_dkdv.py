@@ -20,7 +20,7 @@ import triton.language as tl
 from . import _neighborhood_common as common
 from ._neighborhood_common import (LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, value_block,
                                    window_start)
-from ._neighborhood_table import table_geometry, window_logit_table
+from ._neighborhood_table import launch_table
 from .neighborhood_fwd import MIN_DOT, dot_precision, query_tile, tile_grid
 from ._launch import launch
 
@@ -175,13 +175,10 @@ def neighborhood_bwd_dkdv(
     tile = query_tile(kernel, stride)  # key tiles use the query tiling: one window per program for windows
     tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
     n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    kernel = (int(kernel[0]), int(kernel[1]))
-    geom = table_geometry(kernel, (int(stride[0]), int(stride[1])), tile)
-    table = window_logit_table(rpb, bias, kernel, geom, q.device)
+    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device)
     launch(_neighborhood_bwd_dkdv_kernel, (n_programs,),
         q, k, v, grad_out, lse, delta, table, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
-        table.stride(0) if table.shape[0] > 1 else 0,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(), table_head_stride,
         height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
         scale * LOG2E, scale,
         KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import MAX, SUM, LOG2E, bounded_configs, next_pow2, value_block, window_start
-from ._neighborhood_table import MAX_KEY_ROWS, table_geometry, window_logit_table
+from ._neighborhood_common import MAX, MIN_DOT, SUM, LOG2E, bounded_configs, next_pow2, value_block, window_start
+from ._neighborhood_table import MAX_KEY_ROWS, launch_table
 from ._launch import launch
 
 __all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "dot_precision", "MIN_DOT"]
@@ -29,7 +29,6 @@ NA_TILE = (8, 8)
 # Window case (stride == kernel): one window per program, padded to a power of two; beyond this size the 2-D tile
 # (whose key union is then at most 2x the window per axis) keeps the register tiles bounded.
 MAX_WINDOW_BLOCK = 128
-MIN_DOT = 16  # tl.dot needs every operand dimension >= 16 on GPUs
 
 
 def query_tile(kernel: Sequence[int], stride: Sequence[int]) -> Tuple[int, int]:
@@ -195,12 +194,10 @@ def neighborhood_fwd(
     tile = query_tile(kernel, stride)
     tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
     n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    kernel = (int(kernel[0]), int(kernel[1]))
-    geom = table_geometry(kernel, (int(stride[0]), int(stride[1])), tile)
-    table = window_logit_table(rpb, bias, kernel, geom, q.device)
+    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device)
     launch(_neighborhood_fwd_kernel, (n_programs,),
         q, k, v, out, lse, table,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), table.stride(0) if table.shape[0] > 1 else 0,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), table_head_stride,
         height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
         scale * LOG2E,
         KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],

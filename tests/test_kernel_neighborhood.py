@@ -134,10 +134,7 @@ def test_value_dim_padded_to_power_of_two(v_dim, dtype):
 def test_value_dim_above_kernel_limit_runs_in_chunks():
     """d_v above MAX_V_DIM (EfficientViT-M5: 96) runs as one call per chunk of value channels; output and every
     gradient (q, k summed over the chunks by autograd, bias too) must still be exact."""
-    from vitzoo.ops._neighborhood_triton import MAX_V_DIM
-
-    assert MAX_V_DIM == common.MAX_V_DIM  # the op layer's chunk width is what the kernels take in one call
-    v_dim = MAX_V_DIM + 16
+    v_dim = common.MAX_V_DIM + 16
     _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), bias=True, v_dim=v_dim)
     _check((1, 7, 9, 1, 16), (3, 3), (1, 1), (1, 1), rpb=True, v_dim=v_dim)
 
@@ -223,12 +220,6 @@ def test_unsupported_calls_raise(q_shape, v_dim, dtype, match):
     assert out.shape == (*q_shape[:4], v_dim)
 
 
-def _sim_window_start(ii, glen, kern, stride):
-    """kernels/_neighborhood_common.window_start, on python ints (also for padding queries past the group end)."""
-    leader = min((ii // stride) * stride + stride // 2, glen - 1)
-    return min(max(leader - kern // 2, 0), glen - kern)
-
-
 @pytest.mark.parametrize("kernel, stride, tile, glen", [
     ((7, 7), (1, 1), (8, 8), (13, 23)),  # NAT: tiles at both borders and a short last tile
     ((13, 13), (1, 1), (8, 8), (14, 21)),
@@ -251,19 +242,22 @@ def test_window_table_covers_every_lookup(kernel, stride, tile, glen):
     key_rows = sorted({fwd.key_rows(dict(c.kwargs, KEY_W=geom.key_w)) for c in fwd._CONFIGS})
     assert all(kr * geom.key_w >= 16 for kr in key_rows)  # tl.dot operand minimum
     (kh, kw), (sh, sw), (tyl, txl), (gly, glx) = kernel, stride, tile, glen
+    # window starts from the torch reference's geometry (one dilation group = the sub-lattice of length glen)
+    starts_y = axis_windows(gly, kh, 1, sh).start.tolist()
+    starts_x = axis_windows(glx, kw, 1, sw).start.tolist()
     for ty0 in range(0, gly, tyl):
         for tx0 in range(0, glx, txl):
             ty_last = min(ty0 + tyl, gly) - 1
-            key_y0, key_x0 = _sim_window_start(ty0, gly, kh, sh), _sim_window_start(tx0, glx, kw, sw)
-            span_y = _sim_window_start(ty_last, gly, kh, sh) + kh - key_y0
-            span_x = _sim_window_start(min(tx0 + txl, glx) - 1, glx, kw, sw) + kw - key_x0
+            key_y0, key_x0 = starts_y[ty0], starts_x[tx0]
+            span_y = starts_y[ty_last] + kh - key_y0
+            span_x = starts_x[min(tx0 + txl, glx) - 1] + kw - key_x0
             assert span_x <= geom.key_w
             for m in range(fwd.next_pow2(tyl * txl) if tyl * txl >= 16 else 16):
                 qyi, qxi = ty0 + m // txl, tx0 + m % txl
                 valid = m < tyl * txl and qyi < gly and qxi < glx
                 if not valid:  # padding queries use the tile's first query's window
                     qyi, qxi = ty0, tx0
-                qsy, qsx = _sim_window_start(qyi, gly, kh, sh), _sim_window_start(qxi, glx, kw, sw)
+                qsy, qsx = starts_y[qyi], starts_x[qxi]
                 cls = (qyi - qsy) * kw + (qxi - qsx)
                 q_code = (qsy - geom.shift_y) * geom.cols + (qsx - geom.shift_x) - cls * geom.rows * geom.cols
                 for kr in key_rows:
@@ -276,24 +270,24 @@ def test_window_table_covers_every_lookup(kernel, stride, tile, glen):
                                 assert (table[off] == 0) == inside, (ty0, tx0, m, kyi, kxi)
     # dK/dV kernel: key tiles (same tiling), queries = the inverse neighborhood rectangle; padding keys / queries take
     # the tile's first key / the rectangle's first query
-    def first_query_with_start_ge(target, gl, kern, st):
-        return next((i for i in range(gl) if _sim_window_start(i, gl, kern, st) >= target), gl)
+    def first_query_with_start_ge(target, starts):
+        return next((i for i, start in enumerate(starts) if start >= target), len(starts))
 
     n_keys = fwd.next_pow2(tyl * txl) if tyl * txl >= 16 else 16
     for ty0 in range(0, gly, tyl):
         for tx0 in range(0, glx, txl):
             ty_last, tx_last = min(ty0 + tyl, gly) - 1, min(tx0 + txl, glx) - 1
-            qy_lo = first_query_with_start_ge(ty0 - kh + 1, gly, kh, sh)
-            qy_hi = first_query_with_start_ge(ty_last + 1, gly, kh, sh)
-            qx_lo = first_query_with_start_ge(tx0 - kw + 1, glx, kw, sw)
-            qx_hi = first_query_with_start_ge(tx_last + 1, glx, kw, sw)
+            qy_lo = first_query_with_start_ge(ty0 - kh + 1, starts_y)
+            qy_hi = first_query_with_start_ge(ty_last + 1, starts_y)
+            qx_lo = first_query_with_start_ge(tx0 - kw + 1, starts_x)
+            qx_hi = first_query_with_start_ge(tx_last + 1, starts_x)
             queries = [(y, x) for y in range(qy_lo, qy_hi) for x in range(qx_lo, qx_hi)] + [(qy_lo, qx_lo)]
             for n in range(n_keys):
                 kyi, kxi = ty0 + n // txl, tx0 + n % txl
                 if not (n < tyl * txl and kyi < gly and kxi < glx):
                     kyi, kxi = ty0, tx0
                 for qyi, qxi in queries:
-                    qsy, qsx = _sim_window_start(qyi, gly, kh, sh), _sim_window_start(qxi, glx, kw, sw)
+                    qsy, qsx = starts_y[qyi], starts_x[qxi]
                     cls = (qyi - qsy) * kw + (qxi - qsx)
                     q_code = (qsy - geom.shift_y) * geom.cols + (qsx - geom.shift_x) - cls * geom.rows * geom.cols
                     off = kyi * geom.cols + kxi - q_code

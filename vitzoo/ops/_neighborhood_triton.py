@@ -21,13 +21,9 @@ from ._triton_op import TritonOp
 if TYPE_CHECKING:  # pragma: no cover
     from .neighborhood import NeighborhoodArgs
 
-__all__ = ["unsupported_reason", "neighborhood_attention_2d_triton", "SUPPORTED_HEAD_DIMS", "MAX_V_DIM",
-           "SUPPORTED_DTYPES"]
+__all__ = ["unsupported_reason", "neighborhood_attention_2d_triton", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64)
-# Value head dims up to this run in one kernel call (padded in registers, kernels/_neighborhood_common.py: MAX_V_DIM);
-# wider values are split into chunks of at most this many channels (see neighborhood_attention_2d_triton).
-MAX_V_DIM = 64
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -170,6 +166,8 @@ def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bia
     cast to one dtype (the autocast dtype under autocast)."""
     dtype = _op_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    from vitzoo.kernels._neighborhood_common import MAX_V_DIM  # value head dims one kernel call takes (padded)
+
     params = (list(args.kernel), list(args.dilation), list(args.stride), args.scale)
     if args.v_dim <= MAX_V_DIM:
         return _OP(q, k, v, rpb, bias, *params)[0]
