@@ -105,10 +105,12 @@ def window_logit_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor]
 
 
 def launch_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
-                 stride: Sequence[int], tile: Tuple[int, int], device: torch.device
-                 ) -> Tuple[TableGeometry, torch.Tensor, int]:
-    """What a launcher passes: the geometry (its constexprs), the table, and the table's head stride (0 when one
-    table serves every head)."""
+                 stride: Sequence[int], tile: Tuple[int, int], device: torch.device,
+                 table: Optional[torch.Tensor] = None) -> Tuple[TableGeometry, torch.Tensor, int]:
+    """What a launcher passes: the geometry (its constexprs), the table (``table`` when the caller already built it
+    for these arguments, e.g. the forward's, reused by the backward), and the table's head stride (0 when one table
+    serves every head)."""
     geom = table_geometry((int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1])), tile)
-    table = window_logit_table(rpb, bias, kernel, geom, device)
+    if table is None:
+        table = window_logit_table(rpb, bias, kernel, geom, device)
     return geom, table, table.stride(0) if table.shape[0] > 1 else 0

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import (LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, value_block,
-                                   window_start)
+from ._neighborhood_common import (LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, query_code,
+                                   tile_origin, value_block)
 from ._neighborhood_table import launch_table
 from .neighborhood_fwd import MIN_DOT, dot_precision, query_tile, tile_grid
 from ._launch import launch
@@ -68,21 +68,8 @@ def _neighborhood_bwd_dkdv_kernel(
     DOT_PREC: tl.constexpr,
     BM_SLIDING: tl.constexpr, BM_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_per_group = TILES_Y * TILES_X
-    n_tiles = tiles_per_group * DIL_Y * DIL_X
-    tile = pid % n_tiles
-    bh = pid // n_tiles
-    b = bh // NHEADS
-    h = bh % NHEADS
-    grp = tile // tiles_per_group
-    t = tile % tiles_per_group
-    gy = grp // DIL_X
-    gx = grp % DIL_X
-    ty0 = (t // TILES_X) * TILE_Y  # first key of the tile, sub-lattice coordinates
-    tx0 = (t % TILES_X) * TILE_X
-    glen_y = (H - gy + DIL_Y - 1) // DIL_Y
-    glen_x = (W - gx + DIL_X - 1) // DIL_X
+    b, h, gy, gx, ty0, tx0, glen_y, glen_x = tile_origin(tl.program_id(0), H, W, NHEADS, DIL_Y, DIL_X, TILES_Y,
+                                                         TILES_X, TILE_Y, TILE_X)
     ty_last = tl.minimum(ty0 + TILE_Y, glen_y) - 1
     tx_last = tl.minimum(tx0 + TILE_X, glen_x) - 1
 
@@ -114,7 +101,7 @@ def _neighborhood_bwd_dkdv_kernel(
                 + offs_e[None, :] * stride_vd, mask=k_valid[:, None] & e_in[None, :], other=0.0)
     q_base = Q + b64 * stride_qb + h * stride_qh
     do_base = DO + b64 * stride_ob + h * stride_oh
-    row_base = bh.to(tl.int64) * H * W  # LSE / DELTA are contiguous (B, heads, H, W)
+    row_base = (b64 * NHEADS + h) * H * W  # LSE / DELTA are contiguous (B, heads, H, W)
     tab = TAB + h * stride_th
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -124,10 +111,7 @@ def _neighborhood_bwd_dkdv_kernel(
         q_in = offs_m < n_queries
         qyi = tl.where(q_in, qy_lo + offs_m // span_qx, qy_lo)  # padding queries: the first one (loads masked)
         qxi = tl.where(q_in, qx_lo + offs_m % span_qx, qx_lo)
-        qsy = window_start(qyi, glen_y, KH, SH)
-        qsx = window_start(qxi, glen_x, KW, SW)
-        cls = (qyi - qsy) * KW + (qxi - qsx)
-        q_code = (qsy - SHIFT_Y) * TAB_COLS + (qsx - SHIFT_X) - cls * (TAB_ROWS * TAB_COLS)
+        q_code = query_code(qyi, qxi, glen_y, glen_x, KH, KW, SH, SW, SHIFT_Y, SHIFT_X, TAB_ROWS, TAB_COLS)
         qy = gy + DIL_Y * qyi
         qx = gx + DIL_X * qxi
         qt = tl.load(q_base + qy[None, :] * stride_qy + qx[None, :] * stride_qx + offs_d[:, None] * stride_qd,
@@ -165,9 +149,11 @@ def neighborhood_bwd_dkdv(
     dilation: Sequence[int],
     stride: Sequence[int],
     scale: float,
+    table: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Launch the dK/dV kernel; ``lse`` from the forward and ``delta`` from the dQ kernel, both contiguous
-    (B, heads, H, W) float32. Returns (dk, dv) in k's and v's dtypes."""
+    (B, heads, H, W) float32; ``table`` the forward's window-logit table (rebuilt from rpb / bias when None).
+    Returns (dk, dv) in k's and v's dtypes."""
     batch, height, width, heads, head_dim = q.shape
     v_dim = v.shape[-1]
     dk = common.alloc(k.shape, k.device, k.dtype)
@@ -175,7 +161,7 @@ def neighborhood_bwd_dkdv(
     tile = query_tile(kernel, stride)  # key tiles use the query tiling: one window per program for windows
     tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
     n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device)
+    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device, table)
     launch(_neighborhood_bwd_dkdv_kernel, (n_programs,),
         q, k, v, grad_out, lse, delta, table, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(), table_head_stride,

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from . import _neighborhood_common as common
-from ._neighborhood_common import MAX, MIN_DOT, SUM, LOG2E, bounded_configs, next_pow2, value_block, window_start
+from ._neighborhood_common import (MAX, MIN_DOT, SUM, LOG2E, bounded_configs, key_block_columns, key_union, next_pow2,
+                                   query_code, tile_origin, value_block)
 from ._neighborhood_table import MAX_KEY_ROWS, launch_table
 from ._launch import launch
 
@@ -79,30 +80,12 @@ def _neighborhood_fwd_kernel(
     HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_ROWS: tl.constexpr,
 ):
-    # ---- which (batch, head, dilation group, tile) this program owns; a 1-D grid has no per-axis size limit
-    pid = tl.program_id(0)
-    tiles_per_group = TILES_Y * TILES_X
-    n_tiles = tiles_per_group * DIL_Y * DIL_X
-    tile = pid % n_tiles
-    bh = pid // n_tiles
-    b = bh // NHEADS
-    h = bh % NHEADS
-    grp = tile // tiles_per_group
-    t = tile % tiles_per_group
-    gy = grp // DIL_X
-    gx = grp % DIL_X
-    ty0 = (t // TILES_X) * TILE_Y  # first query of the tile, sub-lattice coordinates
-    tx0 = (t % TILES_X) * TILE_X
-    glen_y = (H - gy + DIL_Y - 1) // DIL_Y  # length of this dilation group's sub-lattice
-    glen_x = (W - gx + DIL_X - 1) // DIL_X
+    # ---- which (batch, head, dilation group, tile) this program owns
+    b, h, gy, gx, ty0, tx0, glen_y, glen_x = tile_origin(tl.program_id(0), H, W, NHEADS, DIL_Y, DIL_X, TILES_Y,
+                                                         TILES_X, TILE_Y, TILE_X)
 
-    # ---- key union of the tile: window starts are monotone, so it spans [start(first), start(last) + k) rows
-    ty_last = tl.minimum(ty0 + TILE_Y, glen_y) - 1
-    key_y0 = window_start(ty0, glen_y, KH, SH)
-    key_x0 = window_start(tx0, glen_x, KW, SW)
-    span_y = window_start(ty_last, glen_y, KH, SH) + KH - key_y0
-    tile_live = (ty0 < glen_y) & (tx0 < glen_x)  # tiles past a short group's end own no query
-    n_rows = tl.where(tile_live, span_y, 0)
+    # ---- the union of the tile's windows: rows [key_y0, key_y0 + n_rows), columns from key_x0
+    key_y0, key_x0, n_rows = key_union(ty0, tx0, glen_y, glen_x, TILE_Y, KH, KW, SH, SW)
 
     # ---- the query tile and each query's code into the table: (window start, class) folded into one integer
     offs_m = tl.arange(0, BLOCK_M)
@@ -112,10 +95,7 @@ def _neighborhood_fwd_kernel(
     # Padding queries take the tile's first query's window: their codes must stay inside the table too.
     cyi = tl.where(q_valid, qyi, ty0)
     cxi = tl.where(q_valid, qxi, tx0)
-    qsy = window_start(cyi, glen_y, KH, SH)  # each query's own window start
-    qsx = window_start(cxi, glen_x, KW, SW)
-    cls = (cyi - qsy) * KW + (cxi - qsx)
-    q_code = (qsy - SHIFT_Y) * TAB_COLS + (qsx - SHIFT_X) - cls * (TAB_ROWS * TAB_COLS)
+    q_code = query_code(cyi, cxi, glen_y, glen_x, KH, KW, SH, SW, SHIFT_Y, SHIFT_X, TAB_ROWS, TAB_COLS)
     qy = gy + DIL_Y * qyi
     qx = gx + DIL_X * qxi
     offs_d = tl.arange(0, HEAD_DIM)
@@ -128,11 +108,7 @@ def _neighborhood_fwd_kernel(
     v_base = V + b64 * stride_vb + h * stride_vh
     tab = TAB + h * stride_th
 
-    # ---- the key block: KEY_ROWS union rows x KEY_W columns (columns past the union are outside every window)
-    offs_n = tl.arange(0, KEY_ROWS * KEY_W)
-    kxi = key_x0 + offs_n % KEY_W
-    kx = gx + DIL_X * kxi
-    kx_in = kxi < glen_x
+    offs_n, kxi, kx, kx_in = key_block_columns(key_x0, gx, glen_x, DIL_X, KEY_ROWS, KEY_W)
 
     # Finite initial max: rows (padding queries) that never see a key stay NaN-free.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -160,7 +136,7 @@ def _neighborhood_fwd_kernel(
     o_ptrs = O + b64 * stride_ob + h * stride_oh + qy[:, None] * stride_oy + qx[:, None] * stride_ox
     tl.store(o_ptrs + offs_e[None, :] * stride_od, out.to(O.dtype.element_ty),
              mask=q_valid[:, None] & e_in[None, :])
-    lse_ptrs = LSE + (bh.to(tl.int64) * H + qy) * W + qx  # (B, heads, H, W), base-2 log-sum-exp
+    lse_ptrs = LSE + ((b64 * NHEADS + h) * H + qy) * W + qx  # (B, heads, H, W), base-2 log-sum-exp
     tl.store(lse_ptrs, m_i + tl.math.log2(l_safe), mask=q_valid)
 
 
@@ -184,9 +160,10 @@ def neighborhood_fwd(
     dilation: Sequence[int],
     stride: Sequence[int],
     scale: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. q, k: (B, H, W, heads, d), v: (B, H, W, heads, d_v), any strides, one dtype.
-    Returns the output (B, H, W, heads, d_v) in q's dtype and the base-2 log-sum-exp (B, heads, H, W) float32."""
+    Returns the output (B, H, W, heads, d_v) in q's dtype, the base-2 log-sum-exp (B, heads, H, W) float32 and the
+    window-logit table it read (the backward kernels take it instead of building it again)."""
     batch, height, width, heads, head_dim = q.shape
     v_dim = v.shape[-1]
     out = common.alloc((batch, height, width, heads, v_dim), device=q.device, dtype=q.dtype)
@@ -205,4 +182,4 @@ def neighborhood_fwd(
         HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
         DOT_PREC=dot_precision(q.dtype), BLOCK_M=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
     )
-    return out, lse
+    return out, lse, table

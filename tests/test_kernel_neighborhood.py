@@ -109,6 +109,7 @@ CASES = {
     "maxvit_grid": ((1, 8, 8, 1, 16), (4, 4), (2, 2), (4, 4), True, False),
     "uneven_windows_shifted": ((1, 10, 9, 1, 16), (4, 4), (1, 1), (4, 4), False, True),
     "stride_between": ((1, 9, 7, 1, 16), (3, 3), (1, 2), (2, 3), False, False),
+    "thin_windows_rpb": ((1, 4, 16, 1, 16), (2, 8), (1, 1), (2, 8), True, False),  # 2x8 tile: padded query grid
 }
 
 
@@ -176,16 +177,31 @@ def test_autocast_casts_to_one_dtype():
 
 
 def test_fake_tensor_shapes():
-    """The custom op's fake implementation (what torch.compile traces) gives the real output's shape and dtype."""
+    """The custom ops' fake implementations (what torch.compile traces) give the real outputs' shapes, strides and
+    dtypes (Inductor asserts strides: a non-contiguous rpb gradient once failed there), the window-logit table
+    handed to the backward included (built with an rpb, empty without)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
-        q = torch.empty(2, 14, 14, 3, 32, dtype=torch.bfloat16)
-        out, lse = torch.ops.vitzoo.neighborhood_attention_2d_fwd(q, q, q, None, None, [7, 7], [1, 1], [1, 1], 0.1)
-        grads = torch.ops.vitzoo.neighborhood_attention_2d_bwd(q, q, q, q, out, lse, None, None, [7, 7], [1, 1],
-                                                               [1, 1], 0.1)
-    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 3, 14, 14)
-    assert [g.shape for g in grads[:3]] == [q.shape] * 3
+    import vitzoo.ops._neighborhood_triton  # noqa: F401  (registers the custom ops)
+
+    q, k, v, rpb, _ = _inputs((1, 9, 10, 2, 16), (7, 7), rpb=True)
+    params = ([7, 7], [1, 1], [1, 1], 0.25)
+    for pos in (None, rpb):
+        real = torch.ops.vitzoo.neighborhood_attention_2d_fwd(q, k, v, pos, None, *params)
+        with FakeTensorMode() as mode:
+            fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
+            fpos = None if pos is None else mode.from_tensor(pos)
+            fake = torch.ops.vitzoo.neighborhood_attention_2d_fwd(fq, fk, fv, fpos, None, *params)
+            grads = torch.ops.vitzoo.neighborhood_attention_2d_bwd(fq, fq, fk, fv, fake[0], fake[1], fpos, None,
+                                                                   fake[2], *params)
+        real_grads = torch.ops.vitzoo.neighborhood_attention_2d_bwd(q, q, k, v, real[0], real[1], pos, None,
+                                                                    real[2], *params)
+        layout = lambda tensors: [(t.shape, t.stride(), t.dtype) for t in tensors]  # noqa: E731
+        assert layout(fake) == layout(real)
+        assert layout(grads) == layout(real_grads)
+        assert (real[2].numel() > 0) == (pos is not None)
+        assert [g.shape for g in grads[:3]] == [q.shape, k.shape, v.shape]
+        assert grads[3].shape == (rpb.shape if pos is not None else (0,))
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -229,19 +245,32 @@ def test_unsupported_calls_raise(q_shape, v_dim, dtype, match):
     ((3, 3), (3, 3), (3, 3), (7, 9)),  # tiny windows: the key block is padded to >= 16 keys
 ])
 def test_window_table_covers_every_lookup(kernel, stride, tile, glen):
-    """Every table index the forward kernel can form -- any tile, any query of it (padding ones too), any key of any
-    KEY_ROWS x KEY_W block of the row loop, for every autotune config -- and every one the dK/dV kernel can form
-    (any key tile, any query of its inverse neighborhood) lies inside the table, and the entry read is -inf exactly
-    when the key is outside the query's window (neither kernel has another mask)."""
+    """Every table index the forward and dQ kernels can form -- any tile, any query of it (padding ones too; the dQ
+    kernel lays its queries out on a padded power-of-two grid), any key of any KEY_ROWS x KEY_W block of the row
+    loop, for every autotune config -- and every one the dK/dV kernel can form (any key tile, any query of its
+    inverse neighborhood) lies inside the table, and the entry read is -inf exactly when the key is outside the
+    query's window (no kernel has another mask)."""
+    from vitzoo.kernels import neighborhood_bwd_dq as dq
     from vitzoo.kernels import neighborhood_fwd as fwd
     from vitzoo.kernels._neighborhood_table import table_geometry, window_logit_table
 
     geom = table_geometry(kernel, stride, tile)
     table = window_logit_table(None, None, kernel, geom, torch.device("cpu"))[0]
     size = table.numel()
-    key_rows = sorted({fwd.key_rows(dict(c.kwargs, KEY_W=geom.key_w)) for c in fwd._CONFIGS})
-    assert all(kr * geom.key_w >= 16 for kr in key_rows)  # tl.dot operand minimum
     (kh, kw), (sh, sw), (tyl, txl), (gly, glx) = kernel, stride, tile, glen
+    # query (row, column) of every lane of a program, per kernel: the forward packs the tile row-major into a power
+    # of two >= 16; the dQ kernel uses a QUERY_ROWS x QUERY_COLS grid
+    fwd_lanes = [(m // txl, m % txl, m < tyl * txl) for m in range(max(16, fwd.next_pow2(tyl * txl)))]
+    layouts = [(fwd_lanes, sorted({fwd.key_rows(dict(c.kwargs, KEY_W=geom.key_w)) for c in fwd._CONFIGS}))]
+    for config in dq._CONFIGS:
+        nargs = dict(config.kwargs, KEY_W=geom.key_w, TILE_Y=tyl, TILE_X=txl)
+        nargs["KEY_ROWS"] = fwd.key_rows(nargs)
+        nargs["QUERY_COLS"] = dq.query_cols(nargs)
+        rows, cols = dq.query_rows(nargs), nargs["QUERY_COLS"]
+        lanes = [(m // cols, m % cols, m // cols < tyl and m % cols < txl) for m in range(rows * cols)]
+        layouts.append((lanes, [nargs["KEY_ROWS"]]))
+    for _, key_rows in layouts:
+        assert all(kr * geom.key_w >= 16 for kr in key_rows)  # tl.dot operand minimum
     # window starts from the torch reference's geometry (one dilation group = the sub-lattice of length glen)
     starts_y = axis_windows(gly, kh, 1, sh).start.tolist()
     starts_x = axis_windows(glx, kw, 1, sw).start.tolist()
@@ -252,22 +281,23 @@ def test_window_table_covers_every_lookup(kernel, stride, tile, glen):
             span_y = starts_y[ty_last] + kh - key_y0
             span_x = starts_x[min(tx0 + txl, glx) - 1] + kw - key_x0
             assert span_x <= geom.key_w
-            for m in range(fwd.next_pow2(tyl * txl) if tyl * txl >= 16 else 16):
-                qyi, qxi = ty0 + m // txl, tx0 + m % txl
-                valid = m < tyl * txl and qyi < gly and qxi < glx
-                if not valid:  # padding queries use the tile's first query's window
-                    qyi, qxi = ty0, tx0
-                qsy, qsx = starts_y[qyi], starts_x[qxi]
-                cls = (qyi - qsy) * kw + (qxi - qsx)
-                q_code = (qsy - geom.shift_y) * geom.cols + (qsx - geom.shift_x) - cls * geom.rows * geom.cols
-                for kr in key_rows:
-                    for kyi in range(key_y0, key_y0 + -(-span_y // kr) * kr):
-                        for kxi in range(key_x0, key_x0 + geom.key_w):
-                            off = kyi * geom.cols + kxi - q_code
-                            assert 0 <= off < size, (ty0, tx0, m, kr, kyi, kxi)
-                            if valid:
-                                inside = 0 <= kyi - qsy < kh and 0 <= kxi - qsx < kw
-                                assert (table[off] == 0) == inside, (ty0, tx0, m, kyi, kxi)
+            for lanes, key_rows in layouts:
+                for my, mx, in_tile in lanes:
+                    qyi, qxi = ty0 + my, tx0 + mx
+                    valid = in_tile and qyi < gly and qxi < glx
+                    if not valid:  # padding queries use the tile's first query's window
+                        qyi, qxi = ty0, tx0
+                    qsy, qsx = starts_y[qyi], starts_x[qxi]
+                    cls = (qyi - qsy) * kw + (qxi - qsx)
+                    q_code = (qsy - geom.shift_y) * geom.cols + (qsx - geom.shift_x) - cls * geom.rows * geom.cols
+                    for kr in key_rows:
+                        for kyi in range(key_y0, key_y0 + -(-span_y // kr) * kr):
+                            for kxi in range(key_x0, key_x0 + geom.key_w):
+                                off = kyi * geom.cols + kxi - q_code
+                                assert 0 <= off < size, (ty0, tx0, my, mx, kr, kyi, kxi)
+                                if valid:
+                                    inside = 0 <= kyi - qsy < kh and 0 <= kxi - qsx < kw
+                                    assert (table[off] == 0) == inside, (ty0, tx0, my, mx, kyi, kxi)
     # dK/dV kernel: key tiles (same tiling), queries = the inverse neighborhood rectangle; padding keys / queries take
     # the tile's first key / the rectangle's first query
     def first_query_with_start_ge(target, starts):
@@ -325,3 +355,37 @@ def test_dkdv_every_autotune_config(config_index, monkeypatch):
     monkeypatch.setattr(dkdv._neighborhood_bwd_dkdv_kernel, "configs", [dkdv._CONFIGS[config_index]])
     _check((1, 9, 11, 1, 16), (3, 3), (1, 1), (1, 1), rpb=True)
     _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), bias=True)
+
+
+@pytest.mark.parametrize("config_index", range(4))
+def test_dq_every_autotune_config(config_index, monkeypatch):
+    """The dQ kernel pinned to each autotune config (key blocks of 2-4 rows): dq and the rpb gradient against the
+    float64 brute force on a bordered sliding case, a dilated one and windows."""
+    from vitzoo.kernels import neighborhood_bwd_dq as dq
+
+    assert len(dq._CONFIGS) == 4
+    monkeypatch.setattr(dq._neighborhood_bwd_dq_kernel, "configs", [dq._CONFIGS[config_index]])
+    _check((1, 11, 9, 1, 16), (7, 7), (1, 1), (1, 1), rpb=True)
+    _check((1, 12, 10, 1, 16), (3, 3), (3, 2), (1, 1), rpb=True)
+    _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), rpb=True)
+
+
+@pytest.mark.parametrize("kernel, stride", [((7, 7), (1, 1)), ((7, 7), (7, 7)), ((3, 3), (3, 3)), ((13, 13), (1, 1)),
+                                            ((1, 16), (1, 16)), ((16, 1), (16, 1)), ((2, 8), (2, 8)), ((5, 3), (2, 1))])
+def test_dq_blocks_meet_dot_minimums(kernel, stride):
+    """Every tl.dot operand of the dQ kernel is at least 16 x 16 for every config and geometry (GPUs require it, the
+    CPU interpreter does not check): the query block, the key block and both rpb-sum matmuls; key blocks stay
+    within the rows the window-logit table pads for."""
+    from vitzoo.kernels import neighborhood_bwd_dq as dq
+    from vitzoo.kernels._neighborhood_table import MAX_KEY_ROWS, table_geometry
+
+    tile = dq.query_tile(kernel, stride)
+    geom = table_geometry(kernel, stride, tile)
+    for config in dq._CONFIGS:
+        nargs = dict(config.kwargs, KEY_W=geom.key_w, TILE_Y=tile[0], TILE_X=tile[1])
+        nargs["KEY_ROWS"] = key_rows = dq.key_rows(nargs)
+        nargs["QUERY_COLS"] = cols = dq.query_cols(nargs)
+        rows = dq.query_rows(nargs)
+        assert rows >= tile[0] and cols >= tile[1] and 1 <= key_rows <= MAX_KEY_ROWS
+        for dim in (rows * cols, key_rows * geom.key_w, rows * key_rows, cols * geom.key_w):
+            assert dim >= 16 and dim == common.next_pow2(dim), (config, dim)

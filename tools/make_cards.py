@@ -149,14 +149,13 @@ def exact_params(name: str) -> int:
 
 def load_measurements(paths: List[str]) -> Dict:
     """Rows of every file (a later file's row replaces an earlier one's); each row keeps its file and environment."""
-    merged: Dict = {"by_model": {}}
+    merged: Dict = {"by_model": {}, "compiled": {}}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
         for r in data["rows"]:
-            if not r.get("compiled"):
-                merged["by_model"][r["model"]] = dict(r, _file=os.path.relpath(path, ROOT), _env=data["env"],
-                                                      _setting=data["setting"])
+            merged["compiled" if r.get("compiled") else "by_model"][r["model"]] = dict(
+                r, _file=os.path.relpath(path, ROOT), _env=data["env"], _setting=data["setting"])
         merged["env"], merged["setting"] = data["env"], data["setting"]
     return merged
 
@@ -252,6 +251,7 @@ def card(name: str, meas: Dict) -> str:
                      f" | {_num(ref.get('train_img_s'), '.0f')} | {_num(ref.get('train_peak_GB'), '.2f')} |")
     else:
         lines.append(f"| {ref_label} | | | | |")
+    lines += _compiled_rows(name, ref, meas)
     lines += [
         "",
         "## Loading weights (local files only; nothing is downloaded)",
@@ -274,6 +274,21 @@ def card(name: str, meas: Dict) -> str:
         "section)."]
     lines.append("")
     return "\n".join(lines)
+
+
+def _compiled_rows(name: str, ref: Optional[Dict], meas: Dict) -> List[str]:
+    """Table rows of ``torch.compile`` (default mode) runs of the model and of its reference, where measured (a
+    compile that failed or timed out leaves no number, and says so)."""
+    rows = []
+    for model, label in ((name, f"vitzoo `{name}`"), (ref and ref.get("model"), ref and f"`{ref.get('model')}`")):
+        r = meas["compiled"].get(model) if model else None
+        if r is None:
+            continue
+        train = _num(r.get("train_img_s"), ".0f") if not r.get("train_error") else \
+            "failed in this run: " + r["train_error"].split(":")[0]
+        rows.append(f"| {label} + torch.compile (`{r['_file']}`) | {_num(r.get('infer_img_s'), '.0f')} | "
+                    f"{_num(r.get('infer_peak_GB'), '.2f')} | {train} | {_num(r.get('train_peak_GB'), '.2f')} |")
+    return rows
 
 
 def detection_configs(name: str) -> List[str]:

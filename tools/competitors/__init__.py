@@ -11,11 +11,15 @@ import torch.nn as nn
 
 from .agent_official import CONFIGS as _AGENT_CONFIGS
 from .agent_official import create_official_agent_model
+from .biformer_official import CONFIGS as _BIFORMER_CONFIGS
+from .biformer_official import create_official_biformer_model
 
 PREFIX = "official:"
 # benchmark name -> factory(**constructor kwargs)
 COMPETITORS: Dict[str, Callable[..., nn.Module]] = {
-    f"{PREFIX}{name}": functools.partial(create_official_agent_model, name) for name in _AGENT_CONFIGS}
+    **{f"{PREFIX}{name}": functools.partial(create_official_agent_model, name) for name in _AGENT_CONFIGS},
+    **{f"{PREFIX}{name}": functools.partial(create_official_biformer_model, name) for name in _BIFORMER_CONFIGS},
+}
 
 
 def is_competitor(name: str) -> bool:

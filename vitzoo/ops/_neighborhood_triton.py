@@ -3,10 +3,11 @@
 
 Registered through :class:`vitzoo.ops._triton_op.TritonOp`: custom ops ``vitzoo::neighborhood_attention_2d_fwd``
 / ``_bwd`` with fake implementations and autograd (what ``torch.compile`` traces), and a direct eager path.
-Kernels: ``kernels/neighborhood_fwd.py`` (output + log-sum-exp), ``kernels/neighborhood_bwd_dq.py`` (dq, delta,
-per-work-item bias-gradient partials) and ``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Every gradient is
-deterministic: no atomics anywhere; the rpb / dense bias gradients are reduced from the dq kernel's partials by fixed
-one-hot matmuls in float64 (cached matrices).
+Kernels: ``kernels/neighborhood_fwd.py`` (output, log-sum-exp, and the window-logit table the backward reuses),
+``kernels/neighborhood_bwd_dq.py`` (dq, delta, per-program rpb-gradient partials; calls with a dense bias use
+``neighborhood_bwd_dq_dense_bias.py``) and ``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Every gradient is
+deterministic: no atomics anywhere; the rpb / dense bias gradients are summed from per-program partials in a fixed
+order.
 """
 from __future__ import annotations
 
@@ -97,46 +98,73 @@ def _slot_to_rpb(kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
              bias: Optional[torch.Tensor], kernel_size: List[int], dilation: List[int], stride: List[int],
-             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+             scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, lse, table): the window-logit table goes to the backward so that it is built once per step; without
+    rpb and bias the kernels share one cached mask table, returned as an empty tensor (an op output must not alias
+    a tensor that outlives the call)."""
     from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd
 
-    return neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
+    out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
+    return out, lse, table if rpb is not None or bias is not None else table.new_empty(0)
 
 
 def _forward_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale):
+    from vitzoo.kernels._neighborhood_table import table_geometry
+    from vitzoo.kernels.neighborhood_fwd import query_tile
+
     batch, height, width, heads, _ = q.shape
     out = q.new_empty((batch, height, width, heads, v.shape[-1]))
-    return out, q.new_empty((batch, heads, height, width), dtype=torch.float32)
+    lse = q.new_empty((batch, heads, height, width), dtype=torch.float32)
+    if rpb is None and bias is None:
+        return out, lse, q.new_empty(0, dtype=torch.float32)
+    kernel, stride = tuple(kernel_size), tuple(stride)
+    geom = table_geometry(kernel, stride, query_tile(kernel, stride))
+    return out, lse, q.new_empty((heads, kernel[0] * kernel[1] * geom.rows * geom.cols), dtype=torch.float32)
 
 
 def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                   lse: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   lse: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], table: torch.Tensor,
                    kernel_size: List[int], dilation: List[int], stride: List[int], scale: float
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, d_rpb, d_bias); d_rpb / d_bias are empty tensors when rpb / bias is None."""
+    """(dq, dk, dv, d_rpb, d_bias); d_rpb / d_bias are empty tensors when rpb / bias is None. ``table``: the
+    forward's (empty: the cached mask table)."""
     from vitzoo.kernels.neighborhood_bwd_dkdv import neighborhood_bwd_dkdv
-    from vitzoo.kernels.neighborhood_bwd_dq import DQ_BLOCK_M, neighborhood_bwd_dq
 
     kernel, dil, st = tuple(kernel_size), tuple(dilation), tuple(stride)
-    batch, height, width = q.shape[:3]
-    work, order_y, seg_y, order_x, seg_x, onehot = _dq_tables(batch, height, width, kernel, dil, st, DQ_BLOCK_M,
-                                                              q.device)
-    dq, delta, gpart = neighborhood_bwd_dq(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, scale,
-                                           work, order_y, seg_y, order_x, seg_x)
-    dk, dv = neighborhood_bwd_dkdv(grad_out, q, k, v, lse, delta, rpb, bias, kernel, dil, st, scale)
+    table = table if table.numel() else None
     d_rpb, d_bias = q.new_empty(0), q.new_empty(0)  # distinct tensors: custom-op outputs may not alias
-    if gpart is not None:
-        n_slots = kernel[0] * kernel[1]
-        slot_grad = torch.matmul(onehot, gpart.double())[..., :n_slots]  # (heads, query slot, key slot)
-        if bias is not None:
-            d_bias = slot_grad.to(bias.dtype)
-        if rpb is not None:
-            flat = slot_grad.reshape(slot_grad.shape[0], -1) @ _slot_to_rpb(kernel, q.device)
-            d_rpb = flat.view_as(rpb).to(rpb.dtype)
+    if bias is None:
+        from vitzoo.kernels.neighborhood_bwd_dq import neighborhood_bwd_dq
+
+        dq, delta, rpb_grad = neighborhood_bwd_dq(grad_out, q, k, v, out, lse, rpb, kernel, dil, st, scale, table)
+        if rpb_grad is not None:
+            d_rpb = rpb_grad.to(rpb.dtype)
+    else:
+        dq, delta, d_rpb, d_bias = _dq_dense_bias(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, st, scale)
+    dk, dv = neighborhood_bwd_dkdv(grad_out, q, k, v, lse, delta, rpb, bias, kernel, dil, st, scale, table)
     return dq, dk, dv, d_rpb, d_bias
 
 
-def _backward_fake(grad_out, q, k, v, out, lse, rpb, bias, kernel_size, dilation, stride, scale):
+def _dq_dense_bias(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, st, scale):
+    """dq, delta, d_rpb (empty without rpb) and d_bias through the class-grouped kernel (a dense bias depends on
+    the query's slot in its window, which that kernel groups by)."""
+    from vitzoo.kernels.neighborhood_bwd_dq_dense_bias import DQ_BLOCK_M, neighborhood_bwd_dq_dense_bias
+
+    batch, height, width = q.shape[:3]
+    work, order_y, seg_y, order_x, seg_x, onehot = _dq_tables(batch, height, width, kernel, dil, st, DQ_BLOCK_M,
+                                                              q.device)
+    dq, delta, gpart = neighborhood_bwd_dq_dense_bias(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, scale,
+                                                      work, order_y, seg_y, order_x, seg_x)
+    n_slots = kernel[0] * kernel[1]
+    slot_grad = torch.matmul(onehot, gpart.double())[..., :n_slots]  # (heads, query slot, key slot)
+    d_rpb = q.new_empty(0)
+    if rpb is not None:
+        flat = slot_grad.reshape(slot_grad.shape[0], -1) @ _slot_to_rpb(kernel, q.device)
+        d_rpb = flat.view_as(rpb).to(rpb.dtype)
+    return dq, delta, d_rpb, slot_grad.to(bias.dtype)
+
+
+def _backward_fake(grad_out, q, k, v, out, lse, rpb, bias, table, kernel_size, dilation, stride, scale):
     d_rpb = torch.empty_like(rpb) if rpb is not None else q.new_empty(0)
     d_bias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), d_rpb, d_bias
@@ -144,15 +172,15 @@ def _backward_fake(grad_out, q, k, v, out, lse, rpb, bias, kernel_size, dilation
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, rpb, bias, kernel_size, dilation, stride, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, rpb, bias, out, lse)
+    out, lse, table = output
+    ctx.save_for_backward(q, k, v, rpb, bias, out, lse, table)
     ctx.params = (kernel_size, dilation, stride, scale)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, table)
 
 
-def _backward(ctx, backward_fn, grad_out, grad_lse):
-    q, k, v, rpb, bias, out, lse = ctx.saved_tensors
-    dq, dk, dv, d_rpb, d_bias = backward_fn(grad_out, q, k, v, out, lse, rpb, bias, *ctx.params)
+def _backward(ctx, backward_fn, grad_out, grad_lse, grad_table):
+    q, k, v, rpb, bias, out, lse, table = ctx.saved_tensors
+    dq, dk, dv, d_rpb, d_bias = backward_fn(grad_out, q, k, v, out, lse, rpb, bias, table, *ctx.params)
     return (dq, dk, dv, d_rpb if rpb is not None else None, d_bias if bias is not None else None,
             None, None, None, None)
 

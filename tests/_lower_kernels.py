@@ -1,0 +1,92 @@
+"""Lower the neighborhood-attention kernels to Triton IR for an sm_90 GPU, on the CPU (run by
+``tests/test_kernel_sources.py`` in a subprocess without ``TRITON_INTERPRET``).
+
+The CPU interpreter runs kernels with Python semantics, so code that the GPU compiler's front end rejects passes
+there: a plain global, a conditional expression on a constexpr (a constexpr object is always truthy), a ``tl.dot``
+operand under 16 rows. The front end (AST -> Triton IR) needs no GPU, so this script calls the real launchers on CPU
+tensors with ``launch`` replaced by a function that builds the IR of the kernel for every autotune config with the
+constexprs the launcher and the heuristics give. Prints one line per lowering; exits non-zero on the first failure.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run without the interpreter"
+
+import torch  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton._C.libtriton import ir  # noqa: E402
+
+from vitzoo.kernels import (_launch, neighborhood_bwd_dkdv, neighborhood_bwd_dq,  # noqa: E402
+                            neighborhood_bwd_dq_dense_bias, neighborhood_fwd)
+from vitzoo.kernels.neighborhood_bwd_dq_dense_bias import DQ_BLOCK_M  # noqa: E402
+from vitzoo.ops._neighborhood_triton import _dq_tables  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32"}
+
+
+def _signature(names, args, constexprs):
+    sig = {}
+    for name, arg in zip(names, args):
+        if isinstance(arg, torch.Tensor):
+            sig[name] = POINTER[arg.dtype]
+        elif isinstance(arg, float):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32" if -2 ** 31 <= arg < 2 ** 31 else "i64"
+    sig.update({name: "constexpr" for name in constexprs})
+    return sig
+
+
+def lower(kernel, grid, *args, **meta):
+    """Stand-in for ``_launch.launch``: build the IR for each config (raises the compiler's error)."""
+    jit = _launch._jit_function(kernel)
+    backend = CUDABackend(TARGET)
+    options = backend.parse_options({})
+    for config in getattr(kernel, "configs", [None]):
+        constexprs = dict(meta, **(config.kwargs if config is not None else {}))
+        constexprs.update(_launch._heuristic_values(kernel, dict(zip(jit.arg_names, args), **constexprs)))
+        constexprs = {k: v for k, v in constexprs.items() if k in jit.arg_names}
+        source = ASTSource(jit, _signature(jit.arg_names, args, constexprs),
+                           {(jit.arg_names.index(k),): v for k, v in constexprs.items()})
+        context = ir.context()
+        ir.load_dialects(context)
+        backend.load_dialects(context)
+        source.make_ir(TARGET, options, backend.get_codegen_implementation(options), backend.get_module_map(),
+                       context)
+        print("lowered", jit.__name__, config, flush=True)
+
+
+def main() -> None:
+    for module in (neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias):
+        module.launch = lower
+    # (B, H, W, heads, d, d_v, kernel, dilation, stride, rpb, bias, dtype)
+    cases = [(1, 20, 20, 2, 32, 32, (7, 7), (1, 1), (1, 1), True, False, torch.bfloat16),
+             (1, 20, 20, 2, 32, 32, (7, 7), (1, 1), (1, 1), True, False, torch.float32),
+             (1, 14, 14, 1, 16, 48, (7, 7), (1, 1), (7, 7), False, True, torch.bfloat16),
+             (1, 14, 14, 2, 64, 64, (7, 7), (2, 2), (1, 1), False, False, torch.float16),
+             (1, 8, 16, 1, 16, 16, (2, 8), (1, 1), (2, 8), True, False, torch.bfloat16),
+             (1, 16, 4, 1, 16, 16, (16, 1), (1, 1), (16, 1), True, False, torch.bfloat16)]
+    for batch, height, width, heads, dim, v_dim, kernel, dilation, stride, has_rpb, has_bias, dtype in cases:
+        q, k = (torch.zeros(batch, height, width, heads, dim, dtype=dtype) for _ in range(2))
+        v = torch.zeros(batch, height, width, heads, v_dim, dtype=dtype)
+        rpb = torch.zeros(heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1) if has_rpb else None
+        bias = torch.zeros(heads, kernel[0] * kernel[1], kernel[0] * kernel[1]) if has_bias else None
+        out, lse, table = neighborhood_fwd.neighborhood_fwd(q, k, v, rpb, bias, kernel, dilation, stride, 0.1)
+        if bias is None:
+            _, delta, _ = neighborhood_bwd_dq.neighborhood_bwd_dq(out, q, k, v, out, lse, rpb, kernel, dilation,
+                                                                  stride, 0.1, table)
+        else:
+            tables = _dq_tables(batch, height, width, kernel, dilation, stride, DQ_BLOCK_M, q.device)
+            _, delta, _ = neighborhood_bwd_dq_dense_bias.neighborhood_bwd_dq_dense_bias(
+                out, q, k, v, out, lse, rpb, bias, kernel, dilation, 0.1, *tables[:5])
+        neighborhood_bwd_dkdv.neighborhood_bwd_dkdv(out, q, k, v, lse, delta, rpb, bias, kernel, dilation, stride,
+                                                    0.1, table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
