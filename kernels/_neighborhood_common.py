@@ -15,8 +15,8 @@ import triton.language as tl
 from ._tuning import autotune_enabled, interpreting
 
 __all__ = ["LOG2E", "INTERPRET", "SUM", "MAX", "MAX_V_DIM", "MIN_DOT", "alloc", "next_pow2", "value_block",
-           "bounded_configs", "window_start", "first_query_with_start_ge", "tile_origin", "key_union", "key_block_columns",
-           "query_code"]
+           "bounded_configs", "window_start", "first_query_with_start_ge", "tile_origin", "key_union",
+           "key_block_columns", "query_code"]
 
 # Softmax runs in base 2 (exp2 is the native instruction); logits are scaled by log2(e).
 LOG2E = tl.constexpr(1.4426950408889634)

@@ -19,9 +19,8 @@ import triton.language as tl
 
 from . import _neighborhood_common as common
 from ._neighborhood_common import (LOG2E, bounded_configs, first_query_with_start_ge, next_pow2, query_code,
-                                   tile_origin, value_block)
-from ._neighborhood_table import launch_table
-from .neighborhood_fwd import MIN_DOT, dot_precision, query_tile, tile_grid
+                                   tile_origin)
+from .neighborhood_fwd import MIN_DOT, tiled_launch
 from ._launch import launch
 
 __all__ = ["neighborhood_bwd_dkdv"]
@@ -154,22 +153,13 @@ def neighborhood_bwd_dkdv(
     """Launch the dK/dV kernel; ``lse`` from the forward and ``delta`` from the dQ kernel, both contiguous
     (B, heads, H, W) float32; ``table`` the forward's window-logit table (rebuilt from rpb / bias when None).
     Returns (dk, dv) in k's and v's dtypes."""
-    batch, height, width, heads, head_dim = q.shape
-    v_dim = v.shape[-1]
     dk = common.alloc(k.shape, k.device, k.dtype)
     dv = common.alloc(v.shape, device=v.device, dtype=v.dtype)
-    tile = query_tile(kernel, stride)  # key tiles use the query tiling: one window per program for windows
-    tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
-    n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device, table)
-    launch(_neighborhood_bwd_dkdv_kernel, (n_programs,),
-        q, k, v, grad_out, lse, delta, table, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(), table_head_stride,
-        height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
+    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, table)  # key tiles = the query tiling
+    launch(_neighborhood_bwd_dkdv_kernel, (t.n_programs,),
+        q, k, v, grad_out, lse, delta, t.table, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(), *t.grid_args,
         scale * LOG2E, scale,
-        KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
-        SHIFT_Y=geom.shift_y, SHIFT_X=geom.shift_x, TAB_ROWS=geom.rows, TAB_COLS=geom.cols,
-        HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
-        DOT_PREC=dot_precision(q.dtype), BLOCK_N=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
+        **t.constexprs, BLOCK_N=max(MIN_DOT, next_pow2(t.constexprs["TILE_Y"] * t.constexprs["TILE_X"])),
     )
     return dk, dv

@@ -25,10 +25,9 @@ import triton.language as tl
 
 from . import _neighborhood_common as common
 from ._neighborhood_common import (LOG2E, MIN_DOT, SUM, bounded_configs, key_block_columns, key_union, next_pow2,
-                                   query_code, tile_origin, value_block)
-from ._neighborhood_table import launch_table
+                                   query_code, tile_origin)
 from ._launch import launch
-from .neighborhood_fwd import dot_precision, key_rows, query_tile, tile_grid
+from .neighborhood_fwd import key_rows, tiled_launch
 
 __all__ = ["neighborhood_bwd_dq", "query_rows"]
 
@@ -197,29 +196,20 @@ def neighborhood_bwd_dq(
     """Launch the dQ kernel (no dense bias: see ``neighborhood_bwd_dq_dense_bias``). ``table``: the forward's
     window-logit table, rebuilt from ``rpb`` when None. Returns dq (q's dtype), delta (B, heads, H, W) float32 and,
     with an rpb, its gradient (heads, 2kh-1, 2kw-1) float32 (None without)."""
-    batch, height, width, heads, head_dim = q.shape
-    v_dim = v.shape[-1]
+    batch, height, width, heads, _ = q.shape
     kh, kw = kernel
     dq = common.alloc(q.shape, device=q.device, dtype=q.dtype)
     delta = common.alloc((batch, heads, height, width), device=q.device, dtype=torch.float32)
-    tile = query_tile(kernel, stride)
-    tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
-    n_tiles = dilation[0] * dilation[1] * tiles_y * tiles_x
-    geom, table, table_head_stride = launch_table(rpb, None, kernel, stride, tile, q.device, table)
+    t = tiled_launch(q, v, rpb, None, kernel, dilation, stride, table)
     rpb_rows, rpb_cols = max(MIN_DOT, next_pow2(2 * kh - 1)), max(MIN_DOT, next_pow2(2 * kw - 1))
     # one (rpb_rows, rpb_cols) partial per program, programs ordered (batch, head, tile)
-    part = (common.alloc((batch, heads, n_tiles, rpb_rows, rpb_cols), device=q.device, dtype=torch.float32)
-            if rpb is not None else delta)
-    launch(_neighborhood_bwd_dq_kernel, (batch * heads * n_tiles,),
-        q, k, v, out, grad_out, lse, delta, dq, table, part,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(), table_head_stride,
-        height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
+    part = (common.alloc((batch, heads, t.n_programs // (batch * heads), rpb_rows, rpb_cols), device=q.device,
+                         dtype=torch.float32) if rpb is not None else delta)
+    launch(_neighborhood_bwd_dq_kernel, (t.n_programs,),
+        q, k, v, out, grad_out, lse, delta, dq, t.table, part,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(), *t.grid_args,
         scale * LOG2E, scale,
-        KH=kh, KW=kw, SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
-        SHIFT_Y=geom.shift_y, SHIFT_X=geom.shift_x, TAB_ROWS=geom.rows, TAB_COLS=geom.cols, KEY_W=geom.key_w,
-        HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
-        HAS_RPB=rpb is not None, RPB_ROWS=rpb_rows, RPB_COLS=rpb_cols,
-        DOT_PREC=dot_precision(q.dtype),
+        **t.constexprs, KEY_W=t.geom.key_w, HAS_RPB=rpb is not None, RPB_ROWS=rpb_rows, RPB_COLS=rpb_cols,
     )
     if rpb is None:
         return dq, delta, None

@@ -11,7 +11,7 @@ backward kernels reuse. Nothing of size (N, N) or (N, kernel) ever reaches HBM.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -20,10 +20,10 @@ import triton.language as tl
 from . import _neighborhood_common as common
 from ._neighborhood_common import (MAX, MIN_DOT, SUM, LOG2E, bounded_configs, key_block_columns, key_union, next_pow2,
                                    query_code, tile_origin, value_block)
-from ._neighborhood_table import MAX_KEY_ROWS, launch_table
+from ._neighborhood_table import MAX_KEY_ROWS, TableGeometry, launch_table
 from ._launch import launch
 
-__all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "dot_precision", "MIN_DOT"]
+__all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "tiled_launch", "TiledLaunch", "dot_precision", "MIN_DOT"]
 
 # Queries per program in the sliding-window case: an 8x8 tile reads a (8+k-1)^2 key union for 64 queries.
 NA_TILE = (8, 8)
@@ -150,6 +150,33 @@ def tile_grid(size: Tuple[int, int], dilation: Sequence[int], tile: Tuple[int, i
     return tuple(triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(size, dilation, tile))  # type: ignore
 
 
+class TiledLaunch(NamedTuple):
+    """What the forward, dQ and dK/dV launchers share: one program per (batch, head, dilation group, tile), the
+    window-logit table, the runtime arguments after the tensors' strides, and the window constexprs."""
+    n_programs: int
+    geom: TableGeometry
+    table: torch.Tensor
+    grid_args: Tuple[int, ...]  # table head stride, H, W, heads, dilation y / x, tiles y / x
+    constexprs: Dict[str, Any]
+
+
+def tiled_launch(q: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                 kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int],
+                 table: Optional[torch.Tensor] = None) -> TiledLaunch:
+    """The shared launch geometry of q's tiling (``table``: an already built window-logit table to reuse)."""
+    batch, height, width, heads, head_dim = q.shape
+    tile = query_tile(kernel, stride)
+    tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
+    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device, table)
+    constexprs = dict(KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
+                      SHIFT_Y=geom.shift_y, SHIFT_X=geom.shift_x, TAB_ROWS=geom.rows, TAB_COLS=geom.cols,
+                      HEAD_DIM=head_dim, V_DIM=v.shape[-1], V_BLOCK=value_block(v.shape[-1]),
+                      DOT_PREC=dot_precision(q.dtype))
+    return TiledLaunch(batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x, geom, table,
+                       (table_head_stride, height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x),
+                       constexprs)
+
+
 def neighborhood_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -164,22 +191,15 @@ def neighborhood_fwd(
     """Launch the forward kernel. q, k: (B, H, W, heads, d), v: (B, H, W, heads, d_v), any strides, one dtype.
     Returns the output (B, H, W, heads, d_v) in q's dtype, the base-2 log-sum-exp (B, heads, H, W) float32 and the
     window-logit table it read (the backward kernels take it instead of building it again)."""
-    batch, height, width, heads, head_dim = q.shape
-    v_dim = v.shape[-1]
-    out = common.alloc((batch, height, width, heads, v_dim), device=q.device, dtype=q.dtype)
+    batch, height, width, heads, _ = q.shape
+    out = common.alloc((batch, height, width, heads, v.shape[-1]), device=q.device, dtype=q.dtype)
     lse = common.alloc((batch, heads, height, width), device=q.device, dtype=torch.float32)
-    tile = query_tile(kernel, stride)
-    tiles_y, tiles_x = tile_grid((height, width), dilation, tile)
-    n_programs = batch * heads * dilation[0] * dilation[1] * tiles_y * tiles_x
-    geom, table, table_head_stride = launch_table(rpb, bias, kernel, stride, tile, q.device)
-    launch(_neighborhood_fwd_kernel, (n_programs,),
-        q, k, v, out, lse, table,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), table_head_stride,
-        height, width, heads, dilation[0], dilation[1], tiles_y, tiles_x,
+    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride)
+    launch(_neighborhood_fwd_kernel, (t.n_programs,),
+        q, k, v, out, lse, t.table,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *t.grid_args,
         scale * LOG2E,
-        KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], TILE_Y=tile[0], TILE_X=tile[1],
-        SHIFT_Y=geom.shift_y, SHIFT_X=geom.shift_x, TAB_ROWS=geom.rows, TAB_COLS=geom.cols, KEY_W=geom.key_w,
-        HEAD_DIM=head_dim, V_DIM=v_dim, V_BLOCK=value_block(v_dim),
-        DOT_PREC=dot_precision(q.dtype), BLOCK_M=max(MIN_DOT, next_pow2(tile[0] * tile[1])),
+        **t.constexprs, KEY_W=t.geom.key_w,
+        BLOCK_M=max(MIN_DOT, next_pow2(t.constexprs["TILE_Y"] * t.constexprs["TILE_X"])),
     )
-    return out, lse, table
+    return out, lse, t.table

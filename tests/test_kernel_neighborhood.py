@@ -378,8 +378,9 @@ def test_dq_blocks_meet_dot_minimums(kernel, stride):
     within the rows the window-logit table pads for."""
     from vitzoo.kernels import neighborhood_bwd_dq as dq
     from vitzoo.kernels._neighborhood_table import MAX_KEY_ROWS, table_geometry
+    from vitzoo.kernels.neighborhood_fwd import query_tile
 
-    tile = dq.query_tile(kernel, stride)
+    tile = query_tile(kernel, stride)
     geom = table_geometry(kernel, stride, tile)
     for config in dq._CONFIGS:
         nargs = dict(config.kwargs, KEY_W=geom.key_w, TILE_Y=tile[0], TILE_X=tile[1])
