@@ -52,3 +52,19 @@ def test_references_and_run_order():
              "x/h100_2026-11-23b.json"]
     assert [os.path.basename(f) for f in sorted(files, key=make_cards._run_tag)] == [
         "h100_2026-11-23.json", "h100_2026-11-23b.json", "h200_2026-11-23e.json", "h100_2026-11-23f1.json"]
+
+
+def test_compiled_rows_of_the_model_and_its_reference():
+    """torch.compile rows (ours and the reference's) go into the card from the measurements, a failed compiled train
+    step as the failure, never as a number; a reference without a compiled row (or a team anchor) adds none."""
+    row = {"_file": "model_cards/measurements/x.json", "infer_peak_GB": 1.0, "train_peak_GB": 2.0}
+    meas = {"compiled": {"vz_davit_tiny": dict(row, model="vz_davit_tiny", infer_img_s=12960.4, train_img_s=2545.0),
+                         "davit_tiny": dict(row, model="davit_tiny", infer_img_s=12725.2, train_img_s=None,
+                                            train_error="stride mismatch: details")}}
+    lines = make_cards._compiled_rows("vz_davit_tiny", {"model": "davit_tiny"}, meas)
+    assert len(lines) == 2
+    assert lines[0].startswith("| vitzoo `vz_davit_tiny` + torch.compile") and "| 12960 |" in lines[0]
+    assert "| 2545 |" in lines[0]
+    assert lines[1].startswith("| `davit_tiny` + torch.compile") and "| 12725 |" in lines[1]
+    assert "| failed in this run: stride mismatch |" in lines[1]
+    assert make_cards._compiled_rows("biformer_s", {"infer_img_s": 1.0}, meas) == []
