@@ -22,7 +22,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from ._bench_utils import hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
+from ._bench_utils import gpu_time_ms, hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
 
 PATTERN = "biased"
 BATCH = 128
@@ -113,6 +113,7 @@ def _measure(fn: Callable, inputs: Dict, quick: bool) -> Dict:
 
     fwdbwd()  # compile / autotune outside the timed region
     return dict(fwd_ms=time_ms(fwd, rep_ms=rep), fwdbwd_ms=time_ms(fwdbwd, rep_ms=rep),
+                fwd_gpu_ms=gpu_time_ms(fwd, rep_ms=rep), fwdbwd_gpu_ms=gpu_time_ms(fwdbwd, rep_ms=rep),
                 peak_gb=peak_memory_gb(fwdbwd))
 
 

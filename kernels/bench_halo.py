@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._bench_utils import hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
+from ._bench_utils import gpu_time_ms, hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
 from ._halo_common import TUNING
 from ._competitor_halo_timm import TimmHaloCore, to_timm_layout
 from .halo_attention_bwd import halo_attention_bwd
@@ -52,7 +52,8 @@ def _case_rows(name, shape, dtype=torch.bfloat16) -> list[dict]:
 
     try:
         rows.append(row(PATTERN, name, "vitzoo_triton", dtype=str(dtype), fwd_ms=time_ms(ours_fwd),
-                        fwdbwd_ms=time_ms(ours_fwdbwd), peak_gb=peak_memory_gb(ours_fwdbwd), **floors,
+                        fwdbwd_ms=time_ms(ours_fwdbwd), fwd_gpu_ms=gpu_time_ms(ours_fwd),
+                        fwdbwd_gpu_ms=gpu_time_ms(ours_fwdbwd), peak_gb=peak_memory_gb(ours_fwdbwd), **floors,
                         note="autotuned" if TUNING["autotune"] else "heuristic tiles"))
     except Exception as exc:  # a failed implementation is a row, not a crashed driver
         rows.append(row(PATTERN, name, "vitzoo_triton", dtype=str(dtype), **floors, note=repr(exc)[:200]))
@@ -72,7 +73,8 @@ def _case_rows(name, shape, dtype=torch.bfloat16) -> list[dict]:
 
     try:
         rows.append(row(PATTERN, name, "timm_HaloAttn_core", dtype=str(dtype), fwd_ms=time_ms(timm_fwd),
-                        fwdbwd_ms=time_ms(timm_fwdbwd), peak_gb=peak_memory_gb(timm_fwdbwd), **floors,
+                        fwdbwd_ms=time_ms(timm_fwdbwd), fwd_gpu_ms=gpu_time_ms(timm_fwd),
+                        fwdbwd_gpu_ms=gpu_time_ms(timm_fwdbwd), peak_gb=peak_memory_gb(timm_fwdbwd), **floors,
                         note="eager, unfold windows"))
     except Exception as exc:
         rows.append(row(PATTERN, name, "timm_HaloAttn_core", dtype=str(dtype), **floors, note=repr(exc)[:200]))

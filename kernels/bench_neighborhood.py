@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from ._bench_utils import hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
+from ._bench_utils import hbm_floor_ms, row, tensor_bytes, time_fwd_bwd
 
 PATTERN = "neighborhood"
 # name: (B, H, W, heads, d, kernel, dilation, stride, rpb, bias, with_flex)
@@ -29,22 +29,6 @@ CASES = {
 QUICK = ("na7_rpb_56x56_h3", "win7_rpb_56x56_h3", "win7_d16_bias_14x14_h4")
 
 
-def _time_pair(fwd: Callable[[], torch.Tensor], grad: torch.Tensor, leaves) -> tuple:
-    """(fwd ms, fwd+bwd ms, peak GB of fwd+bwd, note) of a callable whose output is backpropagated with ``grad``;
-    a backward that fails leaves the forward timing standing, with the error in the note."""
-    def fwdbwd():
-        for t in leaves:
-            t.grad = None
-        fwd().backward(grad)
-
-    with torch.no_grad():
-        fwd_ms = time_ms(fwd)
-    try:
-        return fwd_ms, time_ms(fwdbwd), peak_memory_gb(fwdbwd), ""
-    except Exception as exc:
-        return fwd_ms, float("nan"), float("nan"), f"backward failed: {type(exc).__name__}: {exc}"[:300]
-
-
 def _leaves(*tensors):
     return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
 
@@ -57,7 +41,7 @@ def _position_tables(height: int, width: int, kernel: int, dilation: int, stride
     return wy.start, wy.local, wx.start, wx.local
 
 
-def _flex(q, k, v, rpb, case, with_rpb: bool = True) -> tuple:
+def _flex(q, k, v, rpb, case, with_rpb: bool = True) -> dict:
     """Compiled FlexAttention with the NA window as a block mask and the rpb gathered in score_mod, on (B, heads, N,
     d) tensors (permuted once, outside the timing: favourable to Flex). ``with_rpb=False`` drops the score_mod: not the
     same attention, but Flex's lower bound on this mask, which separates the cost of the RPB gather in score_mod
@@ -89,11 +73,11 @@ def _flex(q, k, v, rpb, case, with_rpb: bool = True) -> tuple:
     qf, kf, vf = (t.reshape(batch, n, heads, dim).transpose(1, 2).contiguous() for t in (q, k, v))
     qf, kf, vf, rpb_f = _leaves(qf, kf, vf, rpb)
     grad = torch.randn_like(qf)
-    return _time_pair(lambda: compiled(qf, kf, vf, score_mod=score_mod if with_rpb else None, block_mask=block_mask),
-                      grad, [qf, kf, vf, rpb_f] if with_rpb else [qf, kf, vf])
+    return time_fwd_bwd(lambda: compiled(qf, kf, vf, score_mod=score_mod if with_rpb else None, block_mask=block_mask),
+                        grad, [qf, kf, vf, rpb_f] if with_rpb else [qf, kf, vf])
 
 
-def _sdpa_windows(q, k, v, rpb, bias, case) -> tuple:
+def _sdpa_windows(q, k, v, rpb, bias, case) -> dict:
     """SDPA on window-partitioned (B * windows, heads, k*k, d) tensors with the dense (heads, k*k, k*k) bias (rpb
     gathered to dense once per call, inside the timing, as Swin does) as attn_mask."""
     import torch.nn.functional as F
@@ -120,8 +104,8 @@ def _sdpa_windows(q, k, v, rpb, bias, case) -> tuple:
             return table
 
     grad = torch.randn_like(qw)
-    return _time_pair(lambda: F.scaled_dot_product_attention(qw, kw_, vw, attn_mask=dense().to(qw.dtype)[None]),
-                      grad, [qw, kw_, vw, table])
+    return time_fwd_bwd(lambda: F.scaled_dot_product_attention(qw, kw_, vw, attn_mask=dense().to(qw.dtype)[None]),
+                        grad, [qw, kw_, vw, table])
 
 
 def run(quick: bool = False) -> List[dict]:
@@ -145,7 +129,7 @@ def run(quick: bool = False) -> List[dict]:
         def ours(backend: str):
             leaves = _leaves(q, k, v, rpb, bias)
             grad = torch.randn_like(q)
-            return _time_pair(lambda: neighborhood_attention_2d(
+            return time_fwd_bwd(lambda: neighborhood_attention_2d(
                 leaves[0], leaves[1], leaves[2], kernel, dilation, stride, leaves[3], leaves[4], backend=backend),
                 grad, [t for t in leaves if t is not None])
 
@@ -158,16 +142,15 @@ def run(quick: bool = False) -> List[dict]:
             impls.append(("sdpa_windows", lambda: _sdpa_windows(q, k, v, rpb, bias, case)))
         for impl, fn in impls:
             try:
-                fwd_ms, fwdbwd_ms, peak, note = fn()
+                values = fn()
             except Exception as exc:  # a competitor that fails to compile is a row with a note, not a crash
                 rows.append(row(PATTERN, name, impl, **common, fwd_ms=float("nan"), fwdbwd_ms=float("nan"),
                                 floor_frac=float("nan"), peak_gb=float("nan"),
                                 note=f"{type(exc).__name__}: {exc}"[:300]))
                 continue
             if impl == "triton":
-                note = f"fwd+bwd floor {floor_bwd:.4f} ms; {note}".rstrip("; ")
-            rows.append(row(PATTERN, name, impl, **common, fwd_ms=fwd_ms, fwdbwd_ms=fwdbwd_ms,
-                            floor_frac=floor / fwd_ms, peak_gb=peak, note=note))
+                values["note"] = f"fwd+bwd floor {floor_bwd:.4f} ms; {values['note']}".rstrip("; ")
+            rows.append(row(PATTERN, name, impl, **common, **values, floor_frac=floor / values["fwd_ms"]))
         del q, k, v
         torch.cuda.empty_cache()
     return rows

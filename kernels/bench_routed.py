@@ -18,7 +18,7 @@ from typing import Callable, List, Tuple
 
 import torch
 
-from ._bench_utils import hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_ms
+from ._bench_utils import hbm_floor_ms, peak_memory_gb, row, tensor_bytes, time_fwd_bwd
 
 PATTERN = "routed"
 # name: (B, H, W, dim, n_win, topk); heads = dim // 32 as in BiFormer-S (head_dim=32)
@@ -88,26 +88,14 @@ def released_bra_attention(q, k, v, n_win: int, topk: int, scale: float) -> Tupl
     return out.unflatten(-1, (heads, -1)), r_idx
 
 
-def _time_pair(fwd: Callable[[], torch.Tensor], grad: torch.Tensor, leaves) -> tuple:
-    """(fwd ms, fwd+bwd ms, peak GB of one fwd+bwd, note)."""
-    def fwdbwd():
-        for t in leaves:
-            t.grad = None
-        fwd().backward(grad)
-
-    with torch.no_grad():
-        fwd_ms = time_ms(fwd)
-    return fwd_ms, time_ms(fwdbwd), peak_memory_gb(fwdbwd), ""
-
-
-def _peak_only(fwd: Callable[[], torch.Tensor], grad: torch.Tensor, leaves) -> tuple:
+def _peak_only(fwd: Callable[[], torch.Tensor], grad: torch.Tensor, leaves) -> dict:
     def fwdbwd():
         for t in leaves:
             t.grad = None
         fwd().backward(grad)
 
     fwdbwd()  # warm-up: autotuning and compilation stay out of the measured peak
-    return float("nan"), float("nan"), peak_memory_gb(fwdbwd), ""
+    return dict(peak_gb=peak_memory_gb(fwdbwd), note="")
 
 
 def _leaves(*tensors):
@@ -147,21 +135,20 @@ def run(quick: bool = False) -> List[dict]:
         floor = hbm_floor_ms(io)
         floor_bwd = hbm_floor_ms(io + tensor_bytes([q, k, v, q, q, q, k, v]))  # + q k v o dO read, dq dk dv written
         common = dict(dtype="bf16", floor_ms=float("nan") if memory_only else floor)
-        for impl, fn in _impls(q, k, v, n_win, topk, scale, grad, _peak_only if memory_only else _time_pair):
+        for impl, fn in _impls(q, k, v, n_win, topk, scale, grad, _peak_only if memory_only else time_fwd_bwd):
             try:
-                fwd_ms, fwdbwd_ms, peak, note = fn()
+                values = fn()
             except torch.cuda.OutOfMemoryError as exc:
-                fwd_ms = fwdbwd_ms = peak = float("nan")
-                note = f"OOM: {exc}"[:200]
+                values = dict(note=f"OOM: {exc}"[:200])
             except Exception as exc:  # a failing implementation is a row with a note, not a crash
-                fwd_ms = fwdbwd_ms = peak = float("nan")
-                note = f"{type(exc).__name__}: {exc}"[:300]
+                values = dict(note=f"{type(exc).__name__}: {exc}"[:300])
             torch.cuda.empty_cache()
+            nan = float("nan")
+            values = dict(dict(fwd_ms=nan, fwdbwd_ms=nan, fwd_gpu_ms=nan, fwdbwd_gpu_ms=nan, peak_gb=nan), **values)
             if impl == "vitzoo_triton" and not memory_only:
-                note = f"fwd+bwd floor {floor_bwd:.4f} ms; {note}".rstrip("; ")
-            rows.append(row(PATTERN, name, impl, **common, fwd_ms=fwd_ms, fwdbwd_ms=fwdbwd_ms,
-                            floor_frac=(floor / fwd_ms) if not memory_only else float("nan"), peak_gb=peak,
-                            note=note))
+                values["note"] = f"fwd+bwd floor {floor_bwd:.4f} ms; {values['note']}".rstrip("; ")
+            rows.append(row(PATTERN, name, impl, **common, **values,
+                            floor_frac=(floor / values["fwd_ms"]) if not memory_only else nan))
         del q, k, v, grad
         torch.cuda.empty_cache()
     return rows

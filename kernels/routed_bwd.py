@@ -3,8 +3,8 @@ launcher of the whole backward (dq kernel from ``routed_bwd_dq.py`` first, it al
 
 Several query regions route to the same key region, so dk/dv are sums over a variable set of query regions. Instead
 of atomics or a gathered (regions, topk * tokens, d) intermediate, the launcher inverts the routing into a CSR list
-(for each key region, the query regions that routed to it; built with a stable sort, so the summation order and the
-result are deterministic) and one program per key region tile walks its list, recomputing the probabilities from the
+(for each key region, the query regions that routed to it, in increasing order: ``routed_inverse_index.py``, so the
+summation order and the result are deterministic) and one program per key region tile walks its list, recomputing the probabilities from the
 forward's log-sum-exp (flash-attention style): ``dv = sum P^T dO``, ``dk = scale * sum dS^T q``.
 """
 from __future__ import annotations
@@ -20,24 +20,12 @@ from ._launch import launch
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
 from .routed_bwd_dq import routed_bwd_dq
 from .routed_fwd import LOG2E
+from .routed_inverse_index import inverse_routing
 
-__all__ = ["routed_bwd", "routed_bwd_dkdv", "inverse_routing"]
+__all__ = ["routed_bwd", "routed_bwd_dkdv"]
 
 # (BLOCK_N key rows kept in registers with their dk/dv accumulators, BLOCK_M streamed query columns)
 _BLOCKS = [(16, 16), (16, 32), (16, 64), (32, 32), (32, 64), (64, 32), (64, 64)]
-
-
-def inverse_routing(index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CSR of the inverse routing of a (B, regions, topk) index: ``offsets`` (B * regions + 1,) int32 and
-    ``query_regions`` (B * regions * topk,) int32, so the query regions of batch b that routed to key region r are
-    ``query_regions[offsets[b * regions + r] : offsets[b * regions + r + 1]]`` in increasing order."""
-    batch, regions, topk = index.shape
-    key = (index.long() + torch.arange(batch, device=index.device)[:, None, None] * regions).reshape(-1)
-    order = torch.argsort(key, stable=True)  # stable: each key region's list stays sorted by query region
-    query_regions = ((order // topk) % regions).to(torch.int32)
-    offsets = torch.zeros(batch * regions + 1, device=index.device, dtype=torch.int32)
-    offsets[1:] = torch.cumsum(torch.bincount(key, minlength=batch * regions), 0).to(torch.int32)
-    return offsets, query_regions
 
 
 @triton.autotune(

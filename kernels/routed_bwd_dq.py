@@ -135,7 +135,6 @@ def routed_bwd_dq(
     v_dim = v.shape[-1]
     rh, rw = -(-height // n_win), -(-width // n_win)
     tokens, regions, topk = rh * rw, n_win * n_win, index.shape[-1]
-    index = index.to(torch.int32).contiguous()
     lse = lse.contiguous()
     dq = torch.empty_like(q)
     delta = torch.empty_like(lse)

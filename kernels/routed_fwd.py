@@ -139,7 +139,6 @@ def routed_fwd(
     v_dim = v.shape[-1]
     rh, rw = -(-height // n_win), -(-width // n_win)
     tokens, regions, topk = rh * rw, n_win * n_win, index.shape[-1]
-    index = index.to(torch.int32).contiguous()
     out = torch.empty(q.shape[:4] + (v_dim,), device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:4], device=q.device, dtype=torch.float32)
     tp = next_pow2(tokens)

@@ -1,4 +1,4 @@
-"""Lower the neighborhood-attention kernels to Triton IR for an sm_90 GPU, on the CPU (run by
+"""Lower the neighborhood- and routed-attention kernels to Triton IR for an sm_90 GPU, on the CPU (run by
 ``tests/test_kernel_sources.py`` in a subprocess without ``TRITON_INTERPRET``).
 
 The CPU interpreter runs kernels with Python semantics, so code that the GPU compiler's front end rejects passes
@@ -21,12 +21,14 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton._C.libtriton import ir  # noqa: E402
 
 from vitzoo.kernels import (_launch, neighborhood_bwd_dkdv, neighborhood_bwd_dq,  # noqa: E402
-                            neighborhood_bwd_dq_dense_bias, neighborhood_fwd)
+                            neighborhood_bwd_dq_dense_bias, neighborhood_fwd, routed_bwd, routed_bwd_dq, routed_fwd,
+                            routed_inverse_index)
 from vitzoo.kernels.neighborhood_bwd_dq_dense_bias import DQ_BLOCK_M  # noqa: E402
 from vitzoo.ops._neighborhood_triton import _dq_tables  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32"}
+POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
+           torch.int64: "*i64"}
 
 
 def _signature(names, args, constexprs):
@@ -47,7 +49,11 @@ def lower(kernel, grid, *args, **meta):
     jit = _launch._jit_function(kernel)
     backend = CUDABackend(TARGET)
     options = backend.parse_options({})
-    for config in getattr(kernel, "configs", [None]):
+    configs = getattr(kernel, "configs", [None])
+    prune = getattr(kernel, "early_config_prune", None)
+    if prune is not None:  # the routed kernels derive constexprs (GROUPS, SLOTS) in their pruner
+        configs = prune(configs, dict(zip(jit.arg_names, args)), **meta)
+    for config in configs:
         constexprs = dict(meta, **(config.kwargs if config is not None else {}))
         constexprs.update(_launch._heuristic_values(kernel, dict(zip(jit.arg_names, args), **constexprs)))
         constexprs = {k: v for k, v in constexprs.items() if k in jit.arg_names}
@@ -61,9 +67,26 @@ def lower(kernel, grid, *args, **meta):
         print("lowered", jit.__name__, config, flush=True)
 
 
+def lower_routed() -> None:
+    """Tiny packed regions, one big region per program, a padded map with every region routed; bf16 / fp16 /
+    fp32, int64 index (the router's) and int32."""
+    # (B, H, W, heads, d, d_v, n_win, topk, dtype, index dtype)
+    cases = [(1, 14, 14, 2, 32, 32, 7, 4, torch.bfloat16, torch.int64),
+             (1, 16, 16, 1, 64, 64, 2, 2, torch.float16, torch.int32),
+             (1, 9, 11, 1, 16, 16, 3, 9, torch.float32, torch.int64)]
+    for batch, height, width, heads, dim, v_dim, n_win, topk, dtype, index_dtype in cases:
+        q, k = (torch.zeros(batch, height, width, heads, dim, dtype=dtype) for _ in range(2))
+        v = torch.zeros(batch, height, width, heads, v_dim, dtype=dtype)
+        index = torch.zeros(batch, n_win * n_win, topk, dtype=index_dtype)
+        out, lse = routed_fwd.routed_fwd(q, k, v, index, n_win, 0.1)
+        routed_bwd.routed_bwd(out, q, k, v, out, lse, index, n_win, 0.1)
+
+
 def main() -> None:
-    for module in (neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias):
+    for module in (neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias,
+                   routed_fwd, routed_bwd_dq, routed_bwd, routed_inverse_index):
         module.launch = lower
+    lower_routed()
     # (B, H, W, heads, d, d_v, kernel, dilation, stride, rpb, bias, dtype)
     cases = [(1, 20, 20, 2, 32, 32, (7, 7), (1, 1), (1, 1), True, False, torch.bfloat16),
              (1, 20, 20, 2, 32, 32, (7, 7), (1, 1), (1, 1), True, False, torch.float32),

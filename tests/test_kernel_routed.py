@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from vitzoo.kernels._routed_common import MIN_DOT, next_pow2, tile_layout  # noqa: E402
-from vitzoo.kernels.routed_bwd import inverse_routing, routed_bwd  # noqa: E402
+from vitzoo.kernels.routed_bwd import routed_bwd  # noqa: E402
+from vitzoo.kernels.routed_inverse_index import inverse_routing  # noqa: E402
 from vitzoo.kernels.routed_fwd import routed_fwd  # noqa: E402
 from vitzoo.ops import route_regions, routed_attention, routed_attention_torch  # noqa: E402
 
@@ -101,13 +102,23 @@ def test_custom_op_autograd_compile_and_opcheck():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
-def test_inverse_routing_csr():
+@pytest.mark.parametrize("routing", ["random", "all_to_first", "all_to_last", "repeated", "int32"])
+def test_inverse_routing_csr(routing):
+    """Every key region's list of query regions, including key regions nobody routed to (empty lists at the start,
+    middle and end of the offsets)."""
     index = torch.stack([torch.randperm(9)[:4] for _ in range(2 * 9)]).reshape(2, 9, 4)
+    if routing in ("all_to_first", "all_to_last"):
+        index = torch.full((2, 9, 1), 0 if routing == "all_to_first" else 8)
+    elif routing == "repeated":  # not from torch.topk, but a legal index: listed as often as routed
+        index[:, :, 1] = index[:, :, 0]
+    elif routing == "int32":
+        index = index.int()
     offsets, query_regions = inverse_routing(index)
     assert offsets.dtype == torch.int32 and query_regions.dtype == torch.int32
+    assert offsets.shape == (2 * 9 + 1,) and offsets[0] == 0 and offsets[-1] == index.numel()
     for b in range(2):
         for r in range(9):
-            want = [qr for qr in range(9) if r in index[b, qr].tolist()]
+            want = [qr for qr in range(9) for routed in index[b, qr].tolist() if routed == r]
             lo, hi = offsets[b * 9 + r].item(), offsets[b * 9 + r + 1].item()
             assert query_regions[lo:hi].tolist() == want
 

@@ -46,11 +46,12 @@ def test_jit_functions_only_read_constexpr_globals(name):
                                      f"declare it as tl.constexpr({value!r})")
 
 
-def test_neighborhood_kernels_lower_for_gpu():
+def test_kernels_lower_for_gpu():
     """The GPU compiler's front end accepts every neighborhood kernel for every autotune config and geometry class
-    (sliding, windows, dilation, dense bias, thin windows, padded value dims; bf16 / fp16 / fp32): lowered to Triton
-    IR for sm_90 on the CPU, through the real launchers, in a process without the interpreter (which accepts code
-    GPUs reject). See tests/_lower_kernels.py."""
+    (sliding, windows, dilation, dense bias, thin windows, padded value dims; bf16 / fp16 / fp32) and every routed
+    kernel (packed, big and padded regions; int32 / int64 index): lowered to Triton IR for sm_90 on the CPU, through
+    the real launchers, in a process without the interpreter (which accepts code GPUs reject). See
+    tests/_lower_kernels.py."""
     import subprocess
     import sys
 
@@ -59,3 +60,6 @@ def test_neighborhood_kernels_lower_for_gpu():
     done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert done.stdout.count("lowered") >= 5 * 4 * 3  # five geometries without a dense bias x four configs x three
+    for kernel in ("_routed_fwd_kernel", "_routed_bwd_dq_kernel", "_routed_bwd_dkdv_kernel",
+                   "_routed_inverse_index_kernel"):
+        assert f"lowered {kernel}" in done.stdout, kernel

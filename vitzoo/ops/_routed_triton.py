@@ -56,7 +56,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, backward_fn, grad_out, grad_lse):
     q, k, v, out, lse, index = ctx.saved_tensors
-    dq, dk, dv = backward_fn(grad_out.contiguous(), q, k, v, out, lse, index, ctx.n_win, ctx.scale)
+    dq, dk, dv = backward_fn(grad_out, q, k, v, out, lse, index, ctx.n_win, ctx.scale)
     return dq, dk, dv, None, None, None
 
 

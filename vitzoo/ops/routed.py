@@ -3,6 +3,7 @@ Attention", CVPR 2023) as one op over the natural (B, H, W, heads, head_dim) lay
 then token attention restricted to each query region's top-k routed regions."""
 from __future__ import annotations
 
+import functools
 from typing import Tuple, Union
 
 import torch
@@ -103,23 +104,43 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> to
     batch, height, width = q.shape[:3]
     rh, rw = region_geometry(height, width, n_win)
     cdt = _compute_dtype(q.dtype)
-    rows = torch.arange(n_win, device=q.device)
-    count_h = (height - rows * rh).clamp(0, rh)  # valid rows per region row
-    count_w = (width - rows * rw).clamp(0, rw)
-    count = (count_h[:, None] * count_w[None, :]).reshape(-1)  # (regions,)
+    padded = n_win * rh != height or n_win * rw != width
+    if padded:
+        inv_count, empty = _region_counts(height, width, n_win, q.device, cdt)
 
-    def region_mean(x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().reshape(batch, height, width, -1)
-        if n_win * rh != height or n_win * rw != width:  # zero rows/cols add nothing to the sums
-            x = torch.nn.functional.pad(x, (0, 0, 0, n_win * rw - width, 0, n_win * rh - height))
-        # one read of x, accumulated in cdt (no up-cast copy)
-        sums = x.view(batch, n_win, rh, n_win, rw, -1).sum(dim=(2, 4), dtype=cdt).reshape(batch, n_win * n_win, -1)
-        return sums / count.clamp_min(1).to(cdt)[:, None]
+    # Few torch calls on purpose: every call costs host time, and the router runs in every BRA forward.
+    def region_mean(x: torch.Tensor) -> torch.Tensor:  # (B, regions, C) in cdt (accumulated there, no up-cast copy)
+        if not padded:
+            return x.detach().reshape(batch, n_win, rh, n_win, rw, -1).mean(dim=(2, 4), dtype=cdt).flatten(1, 2)
+        # zero rows/cols add nothing to the sums; divide by the valid token counts
+        x = torch.nn.functional.pad(x.detach().reshape(batch, height, width, -1),
+                                    (0, 0, 0, n_win * rw - width, 0, n_win * rh - height))
+        return x.view(batch, n_win, rh, n_win, rw, -1).sum(dim=(2, 4), dtype=cdt).flatten(1, 2) * inv_count
 
-    with torch.autocast(q.device.type, enabled=False):
-        affinity = region_mean(q) @ region_mean(k).transpose(1, 2)  # (B, regions, regions)
-    affinity = affinity.masked_fill(count[None, None, :] == 0, float("-inf"))
+    q_mean, k_mean = region_mean(q), region_mean(k)
+    if torch.is_autocast_enabled(q.device.type):  # the affinity stays in cdt
+        with torch.autocast(q.device.type, enabled=False):
+            affinity = torch.matmul(q_mean, k_mean.mT)  # (B, regions, regions)
+    else:
+        affinity = torch.matmul(q_mean, k_mean.mT)
+    if padded and empty is not None:
+        affinity = affinity.masked_fill(empty, float("-inf"))
     return torch.topk(affinity, topk, dim=-1).indices
+
+
+@functools.lru_cache(maxsize=64)
+def _region_counts(height: int, width: int, n_win: int, device: torch.device, dtype: torch.dtype):
+    """(regions, 1) inverse valid-token counts (1 for empty regions) and the (regions,) bool mask of key regions
+    without any valid token (None when there is none) of a padded region grid. Cached: no per-call host work."""
+    rh, rw = region_geometry(height, width, n_win)
+    rows = [min(max(height - i * rh, 0), rh) for i in range(n_win)]  # valid rows / cols per region row / col
+    cols = [min(max(width - j * rw, 0), rw) for j in range(n_win)]
+    count = [r * c for r in rows for c in cols]
+    # outside inference mode: a cached inference tensor would be refused by a later training call's autograd
+    with torch.inference_mode(False):
+        inv_count = torch.tensor([1.0 / max(c, 1) for c in count], dtype=torch.float64)[:, None].to(device, dtype)
+        empty = torch.tensor([c == 0 for c in count], device=device) if 0 in count else None
+    return inv_count, empty
 
 
 class _RoutedAttentionTorch(torch.autograd.Function):
