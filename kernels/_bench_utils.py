@@ -7,7 +7,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-__all__ = ["time_ms", "gpu_time_ms", "time_fwd_bwd", "copy_bytes_per_ms", "hbm_floor_ms", "peak_memory_gb", "rel_err", "tensor_bytes", "row"]
+__all__ = ["time_ms", "gpu_time_ms", "time_fwd_bwd", "copy_bytes_per_ms", "hbm_floor_ms", "peak_memory_gb", "rel_err",
+           "tensor_bytes", "row"]
 
 
 def time_ms(fn: Callable[[], object], warmup_ms: int = 25, rep_ms: int = 100) -> float:

@@ -1,11 +1,12 @@
-"""Backward of bi-level routing attention (BiFormer, Zhu et al., CVPR 2023): the key-side dk/dv kernel and the
-launcher of the whole backward (dq kernel from ``routed_bwd_dq.py`` first, it also produces delta = rowsum(dO * O)).
+"""Backward of bi-level routing attention (BiFormer, Zhu et al., CVPR 2023): the key-side dk/dv kernel and the launcher
+of the whole backward (dq kernel from ``routed_bwd_dq.py`` first, it also produces delta = rowsum(dO * O)).
 
 Several query regions route to the same key region, so dk/dv are sums over a variable set of query regions. Instead
 of atomics or a gathered (regions, topk * tokens, d) intermediate, the launcher inverts the routing into a CSR list
 (for each key region, the query regions that routed to it, in increasing order: ``routed_inverse_index.py``, so the
-summation order and the result are deterministic) and one program per key region tile walks its list, recomputing the probabilities from the
-forward's log-sum-exp (flash-attention style): ``dv = sum P^T dO``, ``dk = scale * sum dS^T q``.
+summation order and the result are deterministic) and one program per key region tile walks its list, recomputing the
+probabilities from the forward's log-sum-exp (flash-attention style):
+``dv = sum P^T dO``, ``dk = scale * sum dS^T q``.
 """
 from __future__ import annotations
 

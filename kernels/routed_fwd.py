@@ -134,7 +134,8 @@ def routed_fwd(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Routed attention forward. q, k: (B, H, W, heads, d); v: (B, H, W, heads, d_v), one dtype; index:
     (B, n_win**2, topk) int32 or int64 routed key regions per query region (any strides). Returns out (q's dtype)
-    and the base-2 log-sum-exp (B, H, W, heads) float32. ``config`` (BLOCK_M, BLOCK_N, GROUPS, SLOTS, num_warps) bypasses autotuning (tests)."""
+    and the base-2 log-sum-exp (B, H, W, heads) float32. ``config`` (BLOCK_M, BLOCK_N, GROUPS, SLOTS, num_warps)
+    bypasses autotuning (tests)."""
     batch, height, width, heads, head_dim = q.shape
     v_dim = v.shape[-1]
     rh, rw = -(-height // n_win), -(-width // n_win)
