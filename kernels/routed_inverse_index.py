@@ -37,7 +37,7 @@ def _routed_inverse_index_kernel(
     offs_k = tl.arange(0, K_PAD)
     in_range = (offs_r[:, None] < R) & (offs_k[None, :] < TOPK)
     routed = tl.load(IDX + b.to(tl.int64) * stride_ib + offs_r[:, None] * stride_ir + offs_k[None, :] * stride_ik,
-                     mask=in_range, other=-1)
+                     mask=in_range, other=-1).to(tl.int32)  # region ids < 2**31: half the registers of int64
     # every query region routes to exactly TOPK key regions, so batch element b owns entries [b*R*TOPK, (b+1)*R*TOPK)
     start = b.to(tl.int64) * R * TOPK
     for r in range(0, R):

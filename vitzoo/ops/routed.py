@@ -117,12 +117,8 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> to
                                     (0, 0, 0, n_win * rw - width, 0, n_win * rh - height))
         return x.view(batch, n_win, rh, n_win, rw, -1).sum(dim=(2, 4), dtype=cdt).flatten(1, 2) * inv_count
 
-    q_mean, k_mean = region_mean(q), region_mean(k)
-    if torch.is_autocast_enabled(q.device.type):  # the affinity stays in cdt
-        with torch.autocast(q.device.type, enabled=False):
-            affinity = torch.matmul(q_mean, k_mean.mT)  # (B, regions, regions)
-    else:
-        affinity = torch.matmul(q_mean, k_mean.mT)
+    with torch.autocast(q.device.type, enabled=False):  # the affinity stays in cdt
+        affinity = torch.matmul(region_mean(q), region_mean(k).mT)  # (B, regions, regions)
     if padded and empty is not None:
         affinity = affinity.masked_fill(empty, float("-inf"))
     return torch.topk(affinity, topk, dim=-1).indices
