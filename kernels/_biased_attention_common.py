@@ -14,19 +14,19 @@ uses the same code with the trivial split (slots = B * H, one member each).
 from __future__ import annotations
 
 import math
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ._intmath import next_pow2
 from ._tuning import autotune_enabled, interpreting
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "REGISTER_DBIAS_MAX", "DBIAS_NONE", "DBIAS_REGISTERS", "DBIAS_GLOBAL",
     "MIN_BLOCK", "MODE_REGISTERS", "MODE_GLOBAL", "check_head_dims", "interpreting", "make_configs", "make_pruner",
-    "next_block", "sm_count",
+    "next_block", "sm_count", "default_tiles",
     "member_coords", "chunk_split", "bias_strides", "LOG2E", "LOG2E_PY",
 ]
 
@@ -57,7 +57,7 @@ def check_head_dims(head_dim: int, v_dim: int) -> None:
 
 def next_block(n: int) -> int:
     """Smallest power-of-two tile (>= MIN_BLOCK) covering ``n`` rows."""
-    return max(MIN_BLOCK, triton.next_power_of_2(int(n)))
+    return max(MIN_BLOCK, next_pow2(int(n)))
 
 
 def sm_count(device: torch.device) -> int:
@@ -78,8 +78,10 @@ def make_pruner(program_len: str, loop_len: str, program_block: str, loop_block:
     """``early_config_prune`` for a kernel whose programs tile ``program_len`` and loop over ``loop_len``.
 
     Drops tiles larger than the (padded) extent they cover. A kernel owning d_bias in registers
-    (DBIAS_MODE == DBIAS_REGISTERS) needs its loop tile to cover the whole loop extent. Under the interpreter only the
-    first (smallest) surviving config is kept (also with VITZOO_AUTOTUNE=0), so nothing is benchmarked.
+    (DBIAS_MODE == DBIAS_REGISTERS) needs its loop tile to cover the whole loop extent. Without autotuning one config
+    is kept: under the interpreter the first (smallest) survivor, so CPU tests stay cheap; on a GPU with
+    VITZOO_AUTOTUNE=0 the survivor closest to :func:`default_tiles` (the smallest 16 x 16 tile would loop 196 times
+    over Agent-Swin-T's 3136 keys).
     """
 
     def prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
@@ -91,9 +93,31 @@ def make_pruner(program_len: str, loop_len: str, program_block: str, loop_block:
         if not kept:  # every tile overshoots: keep the smallest that satisfies the register-mode constraint
             kept = [min((c for c in configs if not single or c.kwargs[loop_block] >= l_need),
                         key=lambda c: (c.kwargs[program_block], c.kwargs[loop_block]))]
-        return kept if autotune_enabled() else kept[:1]
+        if autotune_enabled():
+            return kept
+        if interpreting():
+            return kept[:1]
+        want = default_tiles(p_cap, l_need)
+        return [min(kept, key=lambda c: _tile_distance((c.kwargs[program_block], c.kwargs[loop_block]), want))]
 
     return prune
+
+
+# Untuned default tile (no autotuning): programs of up to DEFAULT_PROGRAM_TILE rows, looping in tiles of up to
+# DEFAULT_LOOP_TILE (twice that when the program tile is the minimum, e.g. 9-16 agents reading thousands of keys).
+DEFAULT_PROGRAM_TILE = 64
+DEFAULT_LOOP_TILE = 64
+
+
+def default_tiles(program_extent: int, loop_extent: int) -> Tuple[int, int]:
+    """(program tile, loop tile) wanted when autotuning is off, for padded extents ``next_block(...)``."""
+    program = min(program_extent, DEFAULT_PROGRAM_TILE)
+    loop_cap = 2 * DEFAULT_LOOP_TILE if program <= MIN_BLOCK else DEFAULT_LOOP_TILE
+    return program, min(loop_extent, loop_cap)
+
+
+def _tile_distance(tiles: Tuple[int, int], want: Tuple[int, int]) -> float:
+    return sum(abs(math.log2(t) - math.log2(w)) for t, w in zip(tiles, want))
 
 
 def chunk_split(members: int, programs_per_chunk: int, device: torch.device, partial_bytes_per_chunk: int,

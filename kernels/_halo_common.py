@@ -15,12 +15,12 @@ Triton version.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import triton
 import triton.language as tl
 
+from ._intmath import next_pow2
 from ._tuning import autotune_enabled
 
 MIN_DOT = 16  # tl.dot needs every operand dimension >= 16 on NVIDIA tensor cores
@@ -53,7 +53,7 @@ class HaloTiles:
 
 
 def _pow2(n: int, floor: int = MIN_DOT) -> int:
-    return max(floor, triton.next_power_of_2(n))
+    return max(floor, next_pow2(n))
 
 
 def halo_tiles(block: int, block_q: int, halo: int, d_qk: int, d_v: int) -> HaloTiles:

@@ -6,12 +6,12 @@ shifted inward at the borders. Kernels work in sub-lattice coordinates and map b
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ._intmath import next_pow2  # noqa: F401 - re-exported for the kernels of this family
 from ._tuning import autotune_enabled, interpreting
 
 __all__ = ["LOG2E", "INTERPRET", "SUM", "MAX", "MAX_V_DIM", "MIN_DOT", "alloc", "next_pow2", "value_block",
@@ -45,10 +45,6 @@ def alloc(shape, device, dtype) -> torch.Tensor:
     """Output allocation of every launcher (uninitialized; tests replace it with a NaN fill to catch unwritten
     elements)."""
     return torch.empty(shape, device=device, dtype=dtype)
-
-
-def next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 # Value head dims are padded in registers to a power of two (masked loads/stores): EfficientViT's cascaded heads use

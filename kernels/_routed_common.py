@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl  # noqa: F401  (the interpreter needs it in the globals of region_tokens)
 
+from ._intmath import next_pow2  # noqa: F401 - re-exported for the kernels of this family
 from ._tuning import autotune_enabled
 
 __all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "dot_precision", "next_pow2", "MIN_DOT",
@@ -32,10 +33,6 @@ __all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "dot
 
 MIN_DOT = 16  # smallest tl.dot operand dimension on NVIDIA tensor cores
 MAX_HEAD_DIM = 128  # beyond this the fp32 accumulators no longer fit the register file at these tile sizes
-
-
-def next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from ._intmath import cdiv
 from ._launch import launch
 
 __all__ = ["biased_attention_bwd_delta"]
@@ -40,7 +41,7 @@ def biased_attention_bwd_delta(out: torch.Tensor, grad_out: torch.Tensor) -> tor
     """(B, H, Lq) fp32 row dot products of ``out`` and ``grad_out`` (both (B, H, Lq, DV), any strides)."""
     batch, heads, lq, v_dim = out.shape
     delta = torch.empty(batch, heads, lq, device=out.device, dtype=torch.float32)
-    grid = (triton.cdiv(lq, _ROWS), batch * heads)
+    grid = (cdiv(lq, _ROWS), batch * heads)
     launch(_biased_attention_bwd_delta_kernel, grid,
         out, grad_out, delta, *out.stride(), *grad_out.stride(), delta.stride(0), delta.stride(1), heads, lq,
         V_DIM=v_dim, BLOCK_M=_ROWS,

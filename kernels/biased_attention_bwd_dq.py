@@ -12,6 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._intmath import cdiv
 from ._biased_attention_common import (DBIAS_NONE, LOG2E, LOG2E_PY, MODE_GLOBAL, MODE_REGISTERS, make_configs,
                                        make_pruner, member_coords)
 from ._launch import launch
@@ -119,7 +120,7 @@ def biased_attention_bwd_dq(q, k, v, bias, grad_out, lse, delta, dq, dbias_parti
     part_strides = dbias_partial.stride() if dbias_mode != DBIAS_NONE else (0,) * 5
 
     def grid(meta):
-        return triton.cdiv(lq, meta["BLOCK_M"]), slot_b * slot_h * n_chunks
+        return cdiv(lq, meta["BLOCK_M"]), slot_b * slot_h * n_chunks
 
     launch(_biased_attention_bwd_dq_kernel, grid,
         q, k, v, bias if bias is not None else q, grad_out, lse, delta, dq, dbias_partial,

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._intmath import cdiv
 from ._biased_attention_common import LOG2E, LOG2E_PY, bias_strides, check_head_dims, make_configs, make_pruner
 from ._launch import launch
 
@@ -104,7 +105,7 @@ def biased_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     bias_arg = bias if bias is not None else q  # never read when HAS_BIAS is False
 
     def grid(meta):
-        return triton.cdiv(lq, meta["BLOCK_M"]), batch * heads
+        return cdiv(lq, meta["BLOCK_M"]), batch * heads
 
     launch(_biased_attention_fwd_kernel, grid,
         q, k, v, bias_arg, out, lse,

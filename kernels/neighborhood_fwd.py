@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._intmath import cdiv
 from . import _neighborhood_common as common
 from ._neighborhood_common import (MAX, MIN_DOT, SUM, LOG2E, bounded_configs, key_block_columns, key_union, next_pow2,
                                    query_code, tile_origin, value_block)
@@ -147,7 +148,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def tile_grid(size: Tuple[int, int], dilation: Sequence[int], tile: Tuple[int, int]) -> Tuple[int, int]:
     """Tiles per dilation group along (y, x): enough for the longest group, ceil(size / dilation)."""
-    return tuple(triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(size, dilation, tile))  # type: ignore
+    return tuple(cdiv(cdiv(n, d), t) for n, d, t in zip(size, dilation, tile))  # type: ignore
 
 
 class TiledLaunch(NamedTuple):

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._intmath import cdiv
 from ._launch import launch
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
 from .routed_bwd_dq import routed_bwd_dq
@@ -150,7 +151,7 @@ def routed_bwd_dkdv(
 
     def grid(meta):
         tok_n = meta["BLOCK_N"] // meta["GROUPS"]
-        return (triton.cdiv(regions, meta["GROUPS"]) * triton.cdiv(tp, tok_n), batch * heads)
+        return (cdiv(regions, meta["GROUPS"]) * cdiv(tp, tok_n), batch * heads)
 
     args = (
         q, k, v, grad_out, lse, delta, offsets, query_regions, dk, dv,

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._intmath import cdiv
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
 from .routed_fwd import LOG2E
 from ._launch import launch
@@ -142,7 +143,7 @@ def routed_bwd_dq(
 
     def grid(meta):
         tok_m = meta["BLOCK_M"] // meta["GROUPS"]
-        return (triton.cdiv(regions, meta["GROUPS"]) * triton.cdiv(tp, tok_m), batch * heads)
+        return (cdiv(regions, meta["GROUPS"]) * cdiv(tp, tok_m), batch * heads)
 
     args = (
         q, k, v, grad_out, out, lse, index, dq, delta,

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._intmath import cdiv
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
 from ._launch import launch
 
@@ -146,7 +147,7 @@ def routed_fwd(
 
     def grid(meta):
         tok_m = meta["BLOCK_M"] // meta["GROUPS"]
-        return (triton.cdiv(regions, meta["GROUPS"]) * triton.cdiv(tp, tok_m), batch * heads)
+        return (cdiv(regions, meta["GROUPS"]) * cdiv(tp, tok_m), batch * heads)
 
     args = (
         q, k, v, index, out, lse,

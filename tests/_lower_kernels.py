@@ -1,4 +1,4 @@
-"""Lower the neighborhood- and routed-attention kernels to Triton IR for an sm_90 GPU, on the CPU (run by
+"""Lower the neighborhood- and routed-attention and LayerNorm kernels to Triton IR for an sm_90 GPU, on the CPU (run by
 ``tests/test_kernel_sources.py`` in a subprocess without ``TRITON_INTERPRET``).
 
 The CPU interpreter runs kernels with Python semantics, so code that the GPU compiler's front end rejects passes
@@ -20,9 +20,9 @@ from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton._C.libtriton import ir  # noqa: E402
 
-from vitzoo.kernels import (_launch, neighborhood_bwd_dkdv, neighborhood_bwd_dq,  # noqa: E402
-                            neighborhood_bwd_dq_dense_bias, neighborhood_fwd, routed_bwd, routed_bwd_dq, routed_fwd,
-                            routed_inverse_index)
+from vitzoo.kernels import (_launch, layer_norm_bwd, layer_norm_fwd, neighborhood_bwd_dkdv,  # noqa: E402
+                            neighborhood_bwd_dq, neighborhood_bwd_dq_dense_bias, neighborhood_fwd, routed_bwd,
+                            routed_bwd_dq, routed_fwd, routed_inverse_index)
 from vitzoo.kernels.neighborhood_bwd_dq_dense_bias import DQ_BLOCK_M  # noqa: E402
 from vitzoo.ops._neighborhood_triton import _dq_tables  # noqa: E402
 
@@ -82,10 +82,28 @@ def lower_routed() -> None:
         routed_bwd.routed_bwd(out, q, k, v, out, lse, index, n_win, 0.1)
 
 
+def lower_layer_norm() -> None:
+    """Small, non-power-of-two and the largest C; with and without weight / bias (and their gradients); bf16 / fp16
+    / fp32 inputs, outputs and gradients in other dtypes (autocast), strided rows."""
+    # (rows, C, x dtype, out dtype, dy dtype, weight dtype or None, bias dtype or None)
+    cases = [(64, 96, torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.float32, torch.float32),
+             (64, 100, torch.float32, torch.bfloat16, torch.float32, torch.float32, None),
+             (64, 768, torch.float16, torch.float16, torch.float16, None, torch.float16),
+             (4, 16384, torch.bfloat16, torch.float32, torch.bfloat16, None, None)]
+    for rows, channels, dtype, out_dtype, dy_dtype, w_dtype, b_dtype in cases:
+        x = torch.zeros(rows, channels + 8, dtype=dtype)[:, :channels]
+        weight = torch.zeros(channels, dtype=w_dtype) if w_dtype is not None else None
+        bias = torch.zeros(channels, dtype=b_dtype) if b_dtype is not None else None
+        _, stats = layer_norm_fwd.layer_norm_fwd(x, weight, bias, 1e-5, out_dtype)
+        layer_norm_bwd.layer_norm_bwd(torch.zeros(rows, channels, dtype=dy_dtype), x, weight, stats,
+                                      w_dtype is not None, b_dtype is not None)
+
+
 def main() -> None:
     for module in (neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias,
-                   routed_fwd, routed_bwd_dq, routed_bwd, routed_inverse_index):
+                   routed_fwd, routed_bwd_dq, routed_bwd, routed_inverse_index, layer_norm_fwd, layer_norm_bwd):
         module.launch = lower
+    lower_layer_norm()
     lower_routed()
     # (B, H, W, heads, d, d_v, kernel, dilation, stride, rpb, bias, dtype)
     cases = [(1, 20, 20, 2, 32, 32, (7, 7), (1, 1), (1, 1), True, False, torch.bfloat16),

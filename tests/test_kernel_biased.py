@@ -200,3 +200,29 @@ def test_kernel_errors():
         biased_attention(q.double(), q.double(), q.double(), backend="triton")
     with pytest.raises(ValueError, match="head_dim must be one of"):
         biased_attention_fwd(torch.randn(1, 1, 9, 8), torch.randn(1, 1, 9, 8), torch.randn(1, 1, 9, 8), None, 1.0)
+
+
+@pytest.mark.parametrize("kernel_name,lq,lk,mode,want", [
+    ("biased_attention_fwd", 9, 3136, None, (16, 128)),  # agents read all keys: a minimal program, long loop tiles
+    ("biased_attention_fwd", 3136, 9, None, (64, 16)),  # queries read 9 agents
+    ("biased_attention_fwd", 49, 49, None, (64, 64)),
+    ("biased_attention_bwd_dkdv", 9, 3136, 1, (64, 16)),  # (key tile, query tile); d_bias in registers
+    ("biased_attention_bwd_dq", 3136, 49, 0, (64, 64)),
+])
+def test_untuned_default_tiles_on_gpu(monkeypatch, kernel_name, lq, lk, mode, want):
+    """With VITZOO_AUTOTUNE=0 on a GPU (no interpreter) each launcher keeps the config nearest ``default_tiles``, not
+    the smallest one (which stays the interpreter's choice). Asserted on the pruner alone: no GPU needed."""
+    import importlib
+
+    module = importlib.import_module(f"vitzoo.kernels.{kernel_name}")
+    kernel = next(getattr(module, n) for n in dir(module) if n.startswith("_biased_attention_") and n.endswith("kernel"))
+    prune = kernel.early_config_prune
+    args = dict(Lq=lq, Lk=lk) if mode is None else dict(Lq=lq, Lk=lk, DBIAS_MODE=mode)
+    blocks = ("BLOCK_N", "BLOCK_M") if "dkdv" in kernel_name else ("BLOCK_M", "BLOCK_N")
+    monkeypatch.setenv("VITZOO_AUTOTUNE", "0")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    (chosen,) = prune(kernel.configs, args)
+    assert tuple(chosen.kwargs[b] for b in blocks) == want
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    (smallest,) = prune(kernel.configs, args)
+    assert tuple(smallest.kwargs[b] for b in blocks) != want or want == (16, 16)

@@ -243,6 +243,47 @@ def test_agent_pool_matches_module_and_pairs():
     assert torch.autograd.gradcheck(lambda t: agent_pool(t, (13, 17), (4, 5)), (q2,), fast_mode=True)
 
 
+@pytest.mark.parametrize("q_hw,kv_hw", [((7, 7), (7, 7)), ((14, 14), (14, 14)), ((5, 9), (3, 4)), ((56, 56), (28, 28))])
+def test_agent_biases_match_interpolate_with_gradients(q_hw, kv_hw):
+    """The GEMM resize (identity when the size is unchanged, up- and down-sampling, rectangular grids) gives the
+    official F.interpolate biases and the same parameter gradients."""
+    heads, agents = 2, 9
+    params = {k: t.requires_grad_(True) for k, t in _official_params(heads, agents, q_hw, kv_hw).items()}
+    got = agent_biases(*params.values(), q_hw, kv_hw)
+    p = params
+    want_agent = (F.interpolate(p["an_bias"], size=kv_hw, mode="bilinear").reshape(heads, agents, -1)
+                  + (p["ah_bias"] + p["aw_bias"]).reshape(heads, agents, -1))
+    want_query = (F.interpolate(p["na_bias"], size=q_hw, mode="bilinear").reshape(heads, agents, -1).transpose(1, 2)
+                  + (p["ha_bias"] + p["wa_bias"]).reshape(heads, -1, agents))
+    torch.testing.assert_close(got.agent_bias, want_agent, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.query_bias, want_query, rtol=1e-12, atol=1e-12)
+    g_agent, g_query = torch.randn_like(want_agent), torch.randn_like(want_query)
+    leaves = tuple(params.values())
+    grads = torch.autograd.grad((got.agent_bias * g_agent).sum() + (got.query_bias * g_query).sum(), leaves)
+    want = torch.autograd.grad((want_agent * g_agent).sum() + (want_query * g_query).sum(), leaves)
+    for name, g, w in zip(params, grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("hw,pooled", [((7, 7), (7, 7)), ((28, 28), (4, 4)), ((6, 9), (3, 3)), ((10, 7), (3, 2))])
+def test_agent_pool_paths_match_adaptive_avg_pool(hw, pooled):
+    """Identity (one token per bin), equal bins (strided mean) and uneven bins (GEMMs), outputs and gradients."""
+    b, heads, d = 2, 3, 4
+    q = torch.randn(b, heads, hw[0] * hw[1], d, dtype=torch.float64, requires_grad=True)
+
+    def ref(t):
+        grid = t.transpose(-1, -2).reshape(b, heads * d, *hw)
+        return nn.AdaptiveAvgPool2d(pooled)(grid).reshape(b, heads, d, -1).transpose(-1, -2)
+
+    go = torch.randn(b, heads, pooled[0] * pooled[1], d, dtype=torch.float64)
+    out = agent_pool(q, hw, pooled)
+    (g,) = torch.autograd.grad((out * go).sum(), q)
+    want = ref(q)
+    (g_want,) = torch.autograd.grad((want * go).sum(), q)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_want, rtol=1e-12, atol=1e-12)
+
+
 def test_agent_pool_after_inference_mode_trains():
     """The pooling operators are cached; a first call under inference_mode must not poison a later training call."""
     with torch.inference_mode():

@@ -46,6 +46,7 @@ from vitzoo.ops import biased_attention
 
 from ._agent_attn import (AgentAttentionBase, adapt_agent_bias_param, init_official_weights, parse_attn_types,
                           reset_linear_head, unwrap_state_dict)
+from ._norm import LayerNorm
 from ._partition_attn import check_attn_backend
 
 __all__ = ["AgentPvt", "AgentPvtAttention", "SpatialReductionAttention", "AgentPvtBlock", "AgentPvtStage",
@@ -86,7 +87,7 @@ class AgentPvtAttention(AgentAttentionBase):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio) if sr_ratio > 1 else None
-        self.norm = nn.LayerNorm(dim) if sr_ratio > 1 else None
+        self.norm = LayerNorm(dim) if sr_ratio > 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
@@ -121,7 +122,7 @@ class SpatialReductionAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio) if sr_ratio > 1 else None
-        self.norm = nn.LayerNorm(dim) if sr_ratio > 1 else None
+        self.norm = LayerNorm(dim) if sr_ratio > 1 else None
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -160,7 +161,7 @@ class AgentPvtBlock(nn.Module):
             attn_backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         if attn_type == "A":
             self.attn: nn.Module = AgentPvtAttention(
                 dim, num_heads, agent_num, grid, sr_ratio=sr_ratio, qkv_bias=qkv_bias,
@@ -173,7 +174,7 @@ class AgentPvtBlock(nn.Module):
         else:
             raise ValueError(f"attn_type must be 'A' (agent) or 'B' (spatial reduction), got {attn_type!r}")
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +205,7 @@ class AgentPvtStage(nn.Module):
             raise ValueError(f"attn_types must have one entry per block ({depth}), got {list(attn_types)}")
         self.grad_checkpointing = False
         self.grid = tuple(grid)
-        self.patch_embed = PatchEmbed(None, patch_size, in_chs, dim, norm_layer=nn.LayerNorm, output_fmt="NHWC",
+        self.patch_embed = PatchEmbed(None, patch_size, in_chs, dim, norm_layer=LayerNorm, output_fmt="NHWC",
                                       strict_img_size=False, dynamic_img_pad=True)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
         trunc_normal_(self.pos_embed, std=0.02)

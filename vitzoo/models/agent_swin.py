@@ -54,6 +54,7 @@ from vitzoo.ops import biased_attention, neighborhood_attention_2d
 
 from ._agent_attn import (AgentAttentionBase, adapt_agent_bias_param, init_official_weights, parse_attn_types,
                           reset_linear_head, unwrap_state_dict)
+from ._norm import LayerNorm
 from ._partition_attn import check_attn_backend, split_qkv
 
 __all__ = ["AgentSwinTransformer", "AgentSwinAttention", "WindowAttention", "AgentSwinBlock", "AgentSwinStage",
@@ -214,7 +215,7 @@ class AgentSwinBlock(nn.Module):
             proj_drop: float = 0.0,
             attn_drop: float = 0.0,
             drop_path: float = 0.0,
-            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            norm_layer: Type[nn.Module] = LayerNorm,
             attn_backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -253,7 +254,7 @@ class AgentSwinStage(nn.Module):
             downsample: bool = True,
             always_partition: bool = False,
             drop_path: Sequence[float] = (),
-            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            norm_layer: Type[nn.Module] = LayerNorm,
             **block_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -328,7 +329,7 @@ class AgentSwinTransformer(nn.Module):
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
-            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            norm_layer: Type[nn.Module] = LayerNorm,
             attn_backend: str = "auto",
     ) -> None:
         super().__init__()

@@ -43,6 +43,7 @@ except ImportError:  # older timm keeps it in the ViT module
     from timm.models.vision_transformer import LayerScale
 
 from ..ops import routed_attention
+from ._norm import LayerNorm
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "AttentionLePE", "BiFormerBlock", "BiFormerStage",
            "checkpoint_filter_fn"]
@@ -174,7 +175,7 @@ class BiFormerBlock(nn.Module):
         super().__init__()
         self.pos_embed = (nn.Conv2d(dim, dim, before_attn_dwconv, padding=before_attn_dwconv // 2, groups=dim)
                           if before_attn_dwconv > 0 else None)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         if topk > 0:
             self.attn: nn.Module = BiLevelRoutingAttention(
                 dim, num_heads, n_win=n_win, topk=topk, qk_dim=qk_dim, qk_scale=qk_scale, side_dwconv=side_dwconv,
@@ -186,7 +187,7 @@ class BiFormerBlock(nn.Module):
         use_ls = layer_scale_init_value is not None and layer_scale_init_value > 0  # release: -1 means off
         self.ls1 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
         self.ls2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()

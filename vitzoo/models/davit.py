@@ -30,6 +30,7 @@ from timm.models._features import feature_take_indices
 from timm.models.davit import ConvPosEnc, Downsample, Stem
 from timm.models.davit import checkpoint_filter_fn as _timm_davit_filter
 
+from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
 
 __all__ = ["DaViT", "SpatialBlock", "ChannelBlock", "ChannelAttention"]
@@ -244,7 +245,7 @@ class DaViT(nn.Module):
                              f"{num_heads}, {depths}")
         check_attn_backend(attn_backend)
         norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
-        norm_layer_cl = partial(get_norm_layer(norm_layer_cl), eps=norm_eps)
+        norm_layer_cl = partial(token_norm_layer(norm_layer_cl), eps=norm_eps)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = embed_dims[-1]

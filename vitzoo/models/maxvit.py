@@ -37,6 +37,7 @@ from timm.models.maxxvit import (
 )
 from timm.models.maxxvit import checkpoint_filter_fn as _timm_maxxvit_filter
 
+from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
 
 __all__ = ["MaxViT", "MaxViTBlock", "PartitionBlock"]
@@ -73,7 +74,7 @@ class PartitionBlock(nn.Module):
         super().__init__()
         if partition_type not in ("block", "grid"):
             raise ValueError(f"partition_type must be 'block' or 'grid', got {partition_type!r}")
-        norm_layer = partial(get_norm_layer(cfg.norm_layer_cl), eps=cfg.norm_eps)
+        norm_layer = partial(token_norm_layer(cfg.norm_layer_cl), eps=cfg.norm_eps)
         act_layer = get_act_layer(cfg.act_layer)
         self.partition_block = partition_type == "block"
         self.partition_size = to_2tuple(cfg.window_size if self.partition_block else cfg.grid_size)

@@ -44,13 +44,15 @@ from timm.models._features import feature_take_indices
 from vitzoo.ops import neighborhood_attention_2d
 from vitzoo.ops._backend import BACKENDS
 
+from ._norm import LayerNorm
+
 __all__ = ["Nat", "NatBlock", "NatStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
 
 class ConvTokenizer(nn.Module):
     """NAT stem: conv3x3/s2 (C/2) -> conv3x3/s2 (C) -> LayerNorm; NCHW image in, NHWC tokens out (stride 4)."""
 
-    def __init__(self, in_chans: int = 3, embed_dim: int = 64, norm_layer: Type[nn.Module] = nn.LayerNorm) -> None:
+    def __init__(self, in_chans: int = 3, embed_dim: int = 64, norm_layer: Type[nn.Module] = LayerNorm) -> None:
         super().__init__()
         self.proj = nn.Sequential(
             nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
@@ -65,7 +67,7 @@ class ConvTokenizer(nn.Module):
 class ConvDownsampler(nn.Module):
     """NAT downsampler: conv3x3/s2 without bias (C -> 2C) + LayerNorm, NHWC in and out."""
 
-    def __init__(self, dim: int, out_dim: int, norm_layer: Type[nn.Module] = nn.LayerNorm) -> None:
+    def __init__(self, dim: int, out_dim: int, norm_layer: Type[nn.Module] = LayerNorm) -> None:
         super().__init__()
         self.reduction = nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(out_dim)
@@ -160,7 +162,7 @@ class NatBlock(nn.Module):
             drop_path: float = 0.0,
             layer_scale: Optional[float] = None,
             act_layer: Type[nn.Module] = nn.GELU,
-            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            norm_layer: Type[nn.Module] = LayerNorm,
             attn_backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -198,7 +200,7 @@ class NatStage(nn.Module):
             dilations: Optional[Sequence[int]] = None,
             downsample: bool = True,
             drop_path: Union[float, Sequence[float]] = 0.0,
-            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            norm_layer: Type[nn.Module] = LayerNorm,
             **block_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -249,7 +251,7 @@ class Nat(nn.Module):
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.2,
-            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            norm_layer: Type[nn.Module] = LayerNorm,
             act_layer: Type[nn.Module] = nn.GELU,
             attn_backend: str = "auto",
     ) -> None:

@@ -55,6 +55,10 @@ class TritonOp:
 
             @staticmethod
             def forward(ctx, *inputs):
+                # The extra outputs (log-sum-exps, norm statistics) are non-differentiable: without this, autograd
+                # would allocate and zero-fill a gradient for each of them on every backward (a kernel and host
+                # time per call). The backward formulas never read those gradients.
+                ctx.set_materialize_grads(False)
                 output = forward(*inputs)
                 setup_context(ctx, inputs, output)
                 return output

@@ -97,6 +97,12 @@ def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tens
     if q.dim() != 4 or q.shape[2] != h * w:
         raise ValueError(f"agent_pool: q must be (B, heads, h*w={h * w}, d), got {tuple(q.shape)}")
     batch, heads, _, dim = q.shape
+    if pooled == (h, w):  # one token per bin: the pooling is the identity (Agent-Swin stage 4, 7x7 -> 49 agents)
+        return q
+    if h % pooled[0] == 0 and w % pooled[1] == 0:
+        # Equal, disjoint bins: one strided mean (one kernel, fp32 accumulation inside; no GEMMs, no casts).
+        return q.reshape(batch, heads, pooled[0], h // pooled[0], pooled[1], w // pooled[1], dim).mean(dim=(3, 5)) \
+            .reshape(batch, heads, -1, dim)
     # Adaptive average pooling is separable: bin (i, j) averages rows [start_i, end_i) x columns [start_j, end_j).
     # Two small contractions with 0/1 bin indicators (exact in every dtype) and one scaling by the bin areas run as
     # cuBLAS GEMMs; F.adaptive_avg_pool2d on the (B, heads*d, h, w) map took 1.1 ms for Agent-Swin-T stage 1 at
@@ -152,7 +158,8 @@ def agent_biases(an_bias: torch.Tensor, na_bias: torch.Tensor, ah_bias: torch.Te
     an_bias, na_bias (heads, A, 7, 7); ah_bias (1, heads, A, kh, 1); aw_bias (1, heads, A, 1, kw);
     ha_bias (1, heads, qh, 1, A); wa_bias (1, heads, 1, qw, A).
 
-    Computes, exactly as the official forward (bilinear, ``align_corners=False``, before its ``.repeat(b, 1, 1, 1)``)::
+    Computes the official forward's biases (bilinear, ``align_corners=False``, before its ``.repeat(b, 1, 1, 1)``;
+    the resizes run as GEMMs with the interpolation matrix, see :func:`_bilinear_operator`)::
 
         agent_bias = interpolate(an_bias, (kh, kw)).reshape(heads, A, kh*kw) + (ah_bias + aw_bias).reshape(heads, A, -1)
         query_bias = interpolate(na_bias, (qh, qw)).reshape(heads, A, qh*qw).transpose(-1, -2)
@@ -171,12 +178,40 @@ def agent_biases(an_bias: torch.Tensor, na_bias: torch.Tensor, ah_bias: torch.Te
     _check_param(aw_bias, "aw_bias", (1, heads, agents, 1, kw))
     _check_param(ha_bias, "ha_bias", (1, heads, qh, 1, agents))
     _check_param(wa_bias, "wa_bias", (1, heads, 1, qw, agents))
-    agent_side = F.interpolate(an_bias, size=(kh, kw), mode="bilinear", align_corners=False)
-    agent_bias = agent_side.reshape(heads, agents, kh * kw) + (ah_bias + aw_bias).reshape(heads, agents, kh * kw)
-    query_side = F.interpolate(na_bias, size=(qh, qw), mode="bilinear", align_corners=False)
-    query_bias = (query_side.reshape(heads, agents, qh * qw).transpose(-1, -2)
-                  + (ha_bias + wa_bias).reshape(heads, qh * qw, agents))
-    return AgentBiases(agent_bias, query_bias)
+    with torch.autocast(an_bias.device.type, enabled=False):  # the official biases are float32 under autocast too
+        # agent -> key: (heads*A, s*t) @ interp^T + (ah + aw): one GEMM with the h/w sum as its addend
+        agent_hw = (ah_bias + aw_bias).reshape(heads * agents, kh * kw)
+        an_rows = an_bias.reshape(heads * agents, -1)
+        interp = _bilinear_operator(tuple(an_bias.shape[2:]), (kh, kw), an_bias.device, an_bias.dtype)
+        agent_bias = agent_hw + an_rows if interp is None else torch.addmm(agent_hw, an_rows, interp.t())
+        # query -> agent: (heads, qh*qw, A) = interp @ na^T + (ha + wa): one batched GEMM, already transposed
+        query_hw = (ha_bias + wa_bias).reshape(heads, qh * qw, agents)
+        na_cols = na_bias.reshape(heads, agents, -1).transpose(1, 2)  # (heads, s*t, A), a view
+        interp = _bilinear_operator(tuple(na_bias.shape[2:]), (qh, qw), na_bias.device, na_bias.dtype)
+        query_bias = (query_hw + na_cols if interp is None
+                      else torch.baddbmm(query_hw, interp.expand(heads, -1, -1), na_cols))
+    return AgentBiases(agent_bias.reshape(heads, agents, kh * kw), query_bias)
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_operator(src: Tuple[int, int], dst: Tuple[int, int], device: torch.device, dtype: torch.dtype
+                       ) -> Optional[torch.Tensor]:
+    """None when ``src == dst`` (``F.interpolate`` to its own size is the identity), else the (dst_h*dst_w,
+    src_h*src_w) matrix of ``F.interpolate(mode="bilinear", align_corners=False)``: its columns are
+    the resized unit maps (built in float64, so every weight is exact before the cast).
+
+    Why a GEMM: CUDA ``upsample_bilinear2d`` runs one thread per output pixel looping over all channels; for the
+    (heads, agents, 7, 7) -> (14, 14) biases of Agent-Swin-T stage 3 (588 channels, 196 pixels) it took 0.21 ms per
+    call on the H100 (the official forward pays it twice), against a few microseconds here. Each output sums the
+    same (at most four) weighted terms as the interpolation; only fp32 summation order can differ (and, when the
+    user enables TF32 matmuls, the bias values are rounded to TF32 like any other matmul input)."""
+    if src == dst:
+        return None
+    with torch.inference_mode(False):  # a cached inference tensor would be refused by a later training call
+        n_src = src[0] * src[1]
+        basis = torch.eye(n_src, dtype=torch.float64).reshape(n_src, 1, *src)
+        cols = F.interpolate(basis, size=dst, mode="bilinear", align_corners=False).reshape(n_src, -1)
+        return cols.t().contiguous().to(device, dtype)
 
 
 def agent_swin_biases(an_bias, na_bias, ah_bias, aw_bias, ha_bias, wa_bias, window_size: IntPair) -> AgentBiases:

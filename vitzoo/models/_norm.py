@@ -1,0 +1,44 @@
+"""The LayerNorm of the zoo's token-layout (..., C) norms: ``nn.LayerNorm`` (same parameters, state_dict and init)
+whose inference forward goes through :func:`vitzoo.ops.layer_norm`.
+
+Without autograd (``torch.no_grad`` / ``inference_mode``) on CUDA that is one Triton kernel that reads the input in
+its dtype, computes in fp32 and, under autocast, writes the autocast dtype directly (torch's autocast LayerNorm
+writes fp32 that the next Linear casts back: five times the HBM traffic). On the H100 it took nat_tiny inference
+from 6268 to 11148 img/s and agent_swin_t to 11903 (kernels/README.md, "Seventh run").
+
+With autograd the module is plain ``nn.LayerNorm``. The op has a Triton backward too, but through a Python
+``autograd.Function`` one norm's fwd+bwd cost about 0.4 ms more host time than torch's native one on the lent
+machine, and the zoo's training steps are host-bound: nat_tiny training fell from 1464 to 1108 img/s with it.
+On CPU the op is ``F.layer_norm`` in fp32, so outputs equal timm's and the official models' exactly.
+``VITZOO_FAST_NORM=0`` (read at import) makes the modules plain ``nn.LayerNorm`` everywhere (A/B timing, escape
+hatch).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from vitzoo.ops import layer_norm
+
+__all__ = ["LayerNorm", "token_norm_layer", "FAST_NORM"]
+
+FAST_NORM = os.environ.get("VITZOO_FAST_NORM", "1") not in ("", "0", "false", "False")
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dim; without autograd through :func:`vitzoo.ops.layer_norm` (autocast dtype
+    out under autocast). See the module docstring for why training keeps torch's norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if FAST_NORM and not torch.is_grad_enabled():
+            return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def token_norm_layer(name: str) -> type:
+    """timm's ``get_norm_layer(name)``, except that plain ``"layernorm"`` (last-dim LayerNorm) is ours."""
+    from timm.layers import get_norm_layer
+
+    return LayerNorm if name == "layernorm" else get_norm_layer(name)
