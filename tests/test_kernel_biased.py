@@ -15,16 +15,7 @@ from vitzoo.kernels.biased_attention_fwd import biased_attention_fwd  # noqa: E4
 from vitzoo.ops import agent_attention, biased_attention  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def nan_poisoned_empty():
-    """Every torch.empty (kernel outputs, partial buffers) starts as NaN, so an unwritten element fails the test."""
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(prev_det)
-    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+pytestmark = pytest.mark.usefixtures("nan_poisoned_empty")  # tests/conftest.py: unwritten outputs are NaN
 
 
 def _brute(q, k, v, bias, scale):

@@ -20,16 +20,7 @@ from vitzoo.ops import layer_norm  # noqa: E402
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def nan_poisoned_empty():
-    """Every torch.empty (kernel outputs, partial-sum buffers) starts as NaN, so an unwritten element fails."""
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(prev_det)
-    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+pytestmark = pytest.mark.usefixtures("nan_poisoned_empty")  # tests/conftest.py: unwritten outputs are NaN
 
 
 def _rel(a, b):
