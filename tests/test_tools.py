@@ -178,7 +178,9 @@ def test_benchmark_cpu_smoke_official_competitor(tmp_path, capsys, one_cpu_threa
     ours, theirs = json.load(open(tmp_path / "benchmark.json"))["rows"]
     assert ours["vs"] == "official:agent_pvt_t" and theirs["vs"] is None
     assert theirs["params_M"] == ours["params_M"]  # the same architecture
-    assert theirs["gflops"] == pytest.approx(ours["gflops"], rel=0.01)  # on CPU vitzoo's torch path is counted too
+    # on CPU vitzoo's torch path is counted too; the two differ by how their helpers count (agent pooling: a mean
+    # or GEMMs here, adaptive pooling there; bias resizes: GEMMs here, uncounted interpolation there)
+    assert theirs["gflops"] == pytest.approx(ours["gflops"], rel=0.03)
     for r in (ours, theirs):  # a train step after inference mode (the benchmark's order) works for both
         assert r["infer_img_s"] > 0 and r["train_img_s"] > 0, r
     assert "official:agent_pvt_t" in capsys.readouterr().out.split("x ref")[1]
