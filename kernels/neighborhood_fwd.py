@@ -188,14 +188,17 @@ def neighborhood_fwd(
     dilation: Sequence[int],
     stride: Sequence[int],
     scale: float,
+    table: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. q, k: (B, H, W, heads, d), v: (B, H, W, heads, d_v), any strides, one dtype.
     Returns the output (B, H, W, heads, d_v) in q's dtype, the base-2 log-sum-exp (B, heads, H, W) float32 and the
-    window-logit table it read (the backward kernels take it instead of building it again)."""
+    window-logit table it read (the backward kernels take it instead of building it again). ``table``: one already
+    built for these rpb / bias / kernel / stride (``_neighborhood_table.window_logit_table``), e.g. cached by the
+    caller for fixed weights."""
     batch, height, width, heads, _ = q.shape
     out = common.alloc((batch, height, width, heads, v.shape[-1]), device=q.device, dtype=q.dtype)
     lse = common.alloc((batch, heads, height, width), device=q.device, dtype=torch.float32)
-    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride)
+    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, table)
     launch(_neighborhood_fwd_kernel, (t.n_programs,),
         q, k, v, out, lse, t.table,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *t.grid_args,

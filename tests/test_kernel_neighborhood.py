@@ -185,21 +185,21 @@ def test_fake_tensor_shapes():
     import vitzoo.ops._neighborhood_triton  # noqa: F401  (registers the custom ops)
 
     q, k, v, rpb, _ = _inputs((1, 9, 10, 2, 16), (7, 7), rpb=True)
-    params = ([7, 7], [1, 1], [1, 1], 0.25)
-    for pos in (None, rpb):
+    for pos, fixed in ((None, False), (rpb, False), (rpb, True)):
+        params = ([7, 7], [1, 1], [1, 1], 0.25, fixed)
         real = torch.ops.vitzoo.neighborhood_attention_2d_fwd(q, k, v, pos, None, *params)
         with FakeTensorMode() as mode:
             fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
             fpos = None if pos is None else mode.from_tensor(pos)
             fake = torch.ops.vitzoo.neighborhood_attention_2d_fwd(fq, fk, fv, fpos, None, *params)
             grads = torch.ops.vitzoo.neighborhood_attention_2d_bwd(fq, fq, fk, fv, fake[0], fake[1], fpos, None,
-                                                                   fake[2], *params)
+                                                                   fake[2], *params[:4])
         real_grads = torch.ops.vitzoo.neighborhood_attention_2d_bwd(q, q, k, v, real[0], real[1], pos, None,
-                                                                    real[2], *params)
+                                                                    real[2], *params[:4])
         layout = lambda tensors: [(t.shape, t.stride(), t.dtype) for t in tensors]  # noqa: E731
         assert layout(fake) == layout(real)
         assert layout(grads) == layout(real_grads)
-        assert (real[2].numel() > 0) == (pos is not None)
+        assert (real[2].numel() > 0) == (pos is not None and not fixed)
         assert [g.shape for g in grads[:3]] == [q.shape, k.shape, v.shape]
         assert grads[3].shape == (rpb.shape if pos is not None else (0,))
 
@@ -390,3 +390,57 @@ def test_dq_blocks_meet_dot_minimums(kernel, stride):
         assert rows >= tile[0] and cols >= tile[1] and 1 <= key_rows <= MAX_KEY_ROWS
         for dim in (rows * cols, key_rows * geom.key_w, rows * key_rows, cols * geom.key_w):
             assert dim >= 16 and dim == common.next_pow2(dim), (config, dim)
+
+
+def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
+    """No-grad calls with fixed rpb / bias build the window-logit table once (per weight view and geometry); an
+    in-place weight update, a new weight tensor or recording autograd through the weight rebuilds it. Every call is
+    checked against the float64 brute force, so a stale table fails on values, not just on the build count."""
+    from vitzoo.kernels import _neighborhood_table as table_mod
+    from vitzoo.ops._weight_cache import clear_weight_cache
+
+    builds = []
+    real = table_mod.window_logit_table
+
+    def counting(*args, **kwargs):
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(table_mod, "window_logit_table", counting)
+    clear_weight_cache()
+    shape, kernel, dil, stride = (1, 9, 8, 2, 16), (3, 3), (1, 1), (1, 1)
+    q, k, v, rpb, _ = _inputs(shape, kernel, rpb=True)
+    bias_all = torch.randn(4, 9, 9)  # two per-head slices of one tensor (EfficientViT's per-head calls)
+
+    def call(rpb=None, bias=None, win=kernel, st=stride):
+        out = neighborhood_attention_2d(q, k, v, win, dil, st, rpb, bias, backend="triton")
+        ref = brute_force(*(t.double() for t in (q, k, v)), win, dil, st,
+                          None if rpb is None else rpb.double(), None if bias is None else bias.double())
+        assert torch.allclose(out.double(), ref, atol=2e-5), "stale or wrong table"
+
+    with torch.no_grad():
+        call(rpb)
+        call(rpb)
+        assert len(builds) == 1, "second no-grad call rebuilt the table"
+        rpb.mul_(2.0)  # in-place update: version bump
+        call(rpb)
+        assert len(builds) == 2
+        call(rpb, win=(3, 3), st=(3, 3))  # other geometry: its own table
+        assert len(builds) == 3
+        call(rpb.clone())  # equal values, another tensor: never served from rpb's entry
+        assert len(builds) == 4
+        call(None, bias_all[0:2].view(2, 9, 9))
+        call(None, bias_all[2:4].view(2, 9, 9))
+        call(None, bias_all[0:2].view(2, 9, 9))
+        assert len(builds) == 6, "per-head slices must get one entry each"
+    rpb_leaf = rpb.clone().requires_grad_()
+    call(rpb_leaf)
+    call(rpb_leaf)
+    assert len(builds) == 8, "training (autograd through rpb) must not cache"
+    # A frozen rpb with gradients for q: the forward reads the cached table, the backward builds its own.
+    q_leaf, q_ref = q.clone().requires_grad_(), q.double().requires_grad_()
+    grad_out = torch.randn(*shape[:4], shape[-1])
+    neighborhood_attention_2d(q_leaf, k, v, kernel, dil, stride, rpb, None, backend="triton").backward(grad_out)
+    brute_force(q_ref, k.double(), v.double(), kernel, dil, stride, rpb.double()).backward(grad_out.double())
+    assert torch.allclose(q_leaf.grad.double(), q_ref.grad, atol=2e-5)
+    clear_weight_cache()

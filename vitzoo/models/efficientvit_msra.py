@@ -33,6 +33,8 @@ from timm.models.efficientvit_msra import ConvMlp, ConvNorm, NormLinear, PatchEm
 
 from vitzoo.ops import BACKENDS, neighborhood_attention_2d
 
+from ._conv_bn import fold_conv_norms
+
 __all__ = ["EfficientVitMsraVz", "CascadedGroupAttentionVz", "LocalWindowAttentionVz", "checkpoint_filter_fn"]
 
 IntPair = Union[int, Tuple[int, int]]
@@ -132,9 +134,15 @@ class CascadedGroupAttentionVz(nn.Module):
         key = (kh, kw, str(table.device), table.dtype, table._version, table.data_ptr()) if use_cache else None
         if use_cache and key in self._bias_cache:
             return self._bias_cache[key]
-        bias = table[:, self._bias_index(kernel, table.device)]
+        index = self._bias_index(kernel, table.device)
         if use_cache:
+            # A normal tensor even under inference mode: the op layer caches its window-logit tables keyed on the
+            # bias's version counter, which inference tensors lack.
+            with torch.inference_mode(False), torch.no_grad():
+                bias = table[:, index]
             self._bias_cache = {key: bias}
+        else:
+            bias = table[:, index]
         return bias
 
     def train(self, mode: bool = True):
@@ -354,6 +362,7 @@ class EfficientVitMsraVz(nn.Module):
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True) if global_pool else nn.Identity()
         self.num_features = self.head_hidden_size = embed_dim[-1]
         self.head = NormLinear(self.num_features, num_classes, drop=drop_rate) if num_classes > 0 else nn.Identity()
+        fold_conv_norms(self)  # timm's ConvNorm modules, also those inside timm's blocks: one conv each in eval
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

@@ -2,6 +2,7 @@
 EfficientViT non-overlapping windows, all as one op over the natural (B, H, W, heads, head_dim) layout."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -24,22 +25,22 @@ def _pair(value: IntPair, name: str) -> Tuple[int, int]:
 
 
 class NeighborhoodArgs:
-    """Validated arguments of one neighborhood-attention call (sizes, kernel, dilation, stride, scale)."""
+    """Validated arguments of one neighborhood-attention call (sizes, kernel, dilation, stride, scale), built from
+    the tensors' shapes. Shared between calls with equal arguments (:func:`_call_args`): read-only."""
 
-    def __init__(self, q, k, v, kernel_size, dilation, stride, rpb, bias, scale):
-        if q.dim() != 5 or k.dim() != 5 or v.dim() != 5:
+    def __init__(self, q_shape, k_shape, v_shape, kernel_size, dilation, stride, rpb_shape, bias_shape, scale):
+        q_shape, k_shape, v_shape = tuple(q_shape), tuple(k_shape), tuple(v_shape)
+        if len(q_shape) != 5 or len(k_shape) != 5 or len(v_shape) != 5:
             raise ValueError(
                 "neighborhood_attention_2d expects q, k, v in the (B, H, W, heads, head_dim) layout; got shapes "
-                f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+                f"{q_shape}, {k_shape}, {v_shape}"
             )
-        if q.shape != k.shape:
-            raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-        if v.shape[:4] != q.shape[:4]:
-            raise ValueError(
-                f"v must match q in (B, H, W, heads) = {tuple(q.shape[:4])}, got {tuple(v.shape[:4])}"
-            )
-        self.batch, self.height, self.width, self.heads, self.head_dim = q.shape
-        self.v_dim = v.shape[-1]
+        if q_shape != k_shape:
+            raise ValueError(f"q and k must have the same shape, got {q_shape} and {k_shape}")
+        if v_shape[:4] != q_shape[:4]:
+            raise ValueError(f"v must match q in (B, H, W, heads) = {q_shape[:4]}, got {v_shape[:4]}")
+        self.batch, self.height, self.width, self.heads, self.head_dim = q_shape
+        self.v_dim = v_shape[-1]
         self.kernel = _pair(kernel_size, "kernel_size")
         self.dilation = _pair(dilation, "dilation")
         self.stride = _pair(stride, "stride")
@@ -47,15 +48,15 @@ class NeighborhoodArgs:
                                                self.dilation, self.stride):
             check_axis(length, kern, dil, st, axis)
         kh, kw = self.kernel
-        if rpb is not None and tuple(rpb.shape) != (self.heads, 2 * kh - 1, 2 * kw - 1):
+        if rpb_shape is not None and tuple(rpb_shape) != (self.heads, 2 * kh - 1, 2 * kw - 1):
             raise ValueError(
                 f"rpb must have shape (heads, 2*kh-1, 2*kw-1) = {(self.heads, 2 * kh - 1, 2 * kw - 1)}, "
-                f"got {tuple(rpb.shape)}"
+                f"got {tuple(rpb_shape)}"
             )
-        if bias is not None and tuple(bias.shape) != (self.heads, kh * kw, kh * kw):
+        if bias_shape is not None and tuple(bias_shape) != (self.heads, kh * kw, kh * kw):
             raise ValueError(
                 f"bias must have shape (heads, kh*kw, kh*kw) = {(self.heads, kh * kw, kh * kw)}, "
-                f"got {tuple(bias.shape)}"
+                f"got {tuple(bias_shape)}"
             )
         self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
 
@@ -64,6 +65,28 @@ class NeighborhoodArgs:
             axis_windows(self.height, self.kernel[0], self.dilation[0], self.stride[0], device),
             axis_windows(self.width, self.kernel[1], self.dilation[1], self.stride[1], device),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_args(*key) -> NeighborhoodArgs:
+    return NeighborhoodArgs(*key)
+
+
+def _frozen(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _call_args(q, k, v, kernel_size, dilation, stride, rpb, bias, scale) -> NeighborhoodArgs:
+    """The validated arguments of a call, validated once per distinct shapes and parameters: models repeat the same
+    call every step, and the checks cost tens of microseconds of host time per call."""
+    key = (q.shape, k.shape, v.shape, _frozen(kernel_size), _frozen(dilation), _frozen(stride),
+           None if rpb is None else rpb.shape, None if bias is None else bias.shape, scale)
+    if isinstance(scale, torch.Tensor):  # hashed by identity: never a cache key
+        return NeighborhoodArgs(*key)
+    try:
+        return _cached_args(*key)
+    except TypeError:  # an unhashable argument: validate without the cache
+        return NeighborhoodArgs(*key)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -186,7 +209,7 @@ def _position_terms(args, wy, wx, rpb, bias, dtype, device) -> Optional[torch.Te
 
 def neighborhood_attention_2d_torch(q, k, v, kernel_size, dilation=1, stride=1, rpb=None, bias=None, scale=None):
     """Pure-torch reference of :func:`neighborhood_attention_2d` (CPU and fallback path; any dtype incl. float64)."""
-    args = NeighborhoodArgs(q, k, v, kernel_size, dilation, stride, rpb, bias, scale)
+    args = _call_args(q, k, v, kernel_size, dilation, stride, rpb, bias, scale)
     return _NeighborhoodAttentionTorch.apply(q, k, v, rpb, bias, args)
 
 
@@ -226,7 +249,7 @@ def neighborhood_attention_2d(
 
     Returns (B, H, W, heads, d_v) in q's dtype. Low-precision inputs are accumulated in float32.
     """
-    args = NeighborhoodArgs(q, k, v, kernel_size, dilation, stride, rpb, bias, scale)
+    args = _call_args(q, k, v, kernel_size, dilation, stride, rpb, bias, scale)
 
     def unsupported():
         from ._neighborhood_triton import unsupported_reason

@@ -1,0 +1,75 @@
+"""Cache of tensors derived from fixed weights (the neighborhood kernels' window-logit table built from an rpb, a
+convolution with its BatchNorm folded in).
+
+In inference every call of an attention layer rebuilds the same derived tensor from the same weights: for the
+neighborhood op a pad and a gather, three launches and about 0.1 ms of host time per call, which is most of a small
+model's step on a host-bound GPU. This cache keeps the derived tensor until any weight it came from changes.
+
+Validity rests on three checks, all cheap:
+- the weights' version counters (every in-place update, ``load_state_dict`` and optimizer steps included, bumps them);
+- the identity of every weight's base tensor, held by weak reference, so a new tensor at a recycled address never
+  hits an old entry; entries are dropped when the first weight's base tensor is freed;
+- each weight's view geometry (offset, shape, strides, dtype), so per-head slices of one tensor get their own entries.
+
+Nothing is cached while autograd records through a weight (training), under ``torch.compile`` tracing, or for
+inference-mode tensors (they have no version counter). Nothing is stored on the tensors themselves, so models stay
+picklable.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["cached_from_weights", "clear_weight_cache"]
+
+_Entry = Tuple[tuple, Tuple[weakref.ref, ...], Any]
+_CACHE: Dict[int, Dict[Hashable, _Entry]] = {}  # id(first weight's base) -> {key: (versions, base refs, value)}
+
+
+def _base(t: torch.Tensor) -> torch.Tensor:
+    return t._base if t._base is not None else t
+
+
+def _cacheable(weights: Sequence[torch.Tensor]) -> bool:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    grad = torch.is_grad_enabled()
+    return not any(t.is_inference() or (grad and t.requires_grad) for t in weights)
+
+
+def _forget(owner_id: int) -> None:
+    _CACHE.pop(owner_id, None)
+
+
+def cached_from_weights(weights: Sequence[Optional[torch.Tensor]], key: Hashable,
+                        build: Callable[[], Any]) -> Optional[Any]:
+    """``build()``, cached while ``weights`` (None entries allowed, at least one tensor) are unchanged; None when
+    these weights may not be cached (see the module docstring): the caller builds its own then. ``key`` names what
+    is built and every non-tensor argument it depends on (kernel size, geometry, ...). The result is shared: the
+    caller must not modify it, nor return it from a custom op."""
+    present = [t for t in weights if t is not None]
+    if not present or not _cacheable(present):
+        return None
+    bases = [_base(t) for t in present]
+    owner = bases[0]
+    full_key = (key, tuple(t is None for t in weights),
+                tuple((t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device) for t in present))
+    versions = tuple(t._version for t in present)
+    entries = _CACHE.get(id(owner))
+    if entries is not None:
+        hit = entries.get(full_key)
+        if hit is not None and hit[0] == versions and all(ref() is b for ref, b in zip(hit[1], bases)):
+            return hit[2]
+    value = build()
+    if entries is None:
+        entries = _CACHE[id(owner)] = {}
+        weakref.finalize(owner, _forget, id(owner))
+    entries[full_key] = (versions, tuple(weakref.ref(b) for b in bases), value)
+    return value
+
+
+def clear_weight_cache() -> None:
+    """Drop every cached tensor (frees their memory; the next calls rebuild them)."""
+    _CACHE.clear()
