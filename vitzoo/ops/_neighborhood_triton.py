@@ -105,8 +105,8 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
     rebuilds its own): the one cached mask table without rpb and bias, and a table cached for fixed weights
     (``fixed_weights``: the caller saw no autograd recording through rpb / bias, e.g. inference or a frozen rpb),
     which saves its build (a pad, a gather, about 0.1 ms of host time) per call; with fixed weights the table is
-    always returned empty, cached or not, so that the fake implementation knows the output's shape. The caller decides because inside
-    an ``autograd.Function`` forward, grad mode always reads as off."""
+    always returned empty, cached or not, so that the fake implementation knows the output's shape. The caller
+    decides because inside an ``autograd.Function`` forward, grad mode always reads as off."""
     from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd
 
     if rpb is None and bias is None:
