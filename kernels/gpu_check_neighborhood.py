@@ -1,6 +1,7 @@
-"""GPU correctness check of the Triton neighborhood-attention kernels on large shapes: bf16 / fp16 / fp32 outputs and
-every gradient (q, k, v, rpb, bias) against a float64 reference, with the rule kernel error <= 2x the error of the
-same-precision torch implementation (``backend="torch"``) + a small floor. GPU only; ``run()`` returns rows."""
+"""GPU correctness check of the Triton neighborhood-attention kernels on large shapes: bf16 / fp16 / fp32 outputs,
+every gradient (q, k, v, rpb, bias) and the no-grad output (the inference path: cached table, dense window block)
+against a float64 reference, with the rule kernel error <= 2x the error of the same-precision torch implementation
+(``backend="torch"``) + a small floor. GPU only; ``run()`` returns rows."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -37,6 +38,8 @@ def _grads(q, k, v, rpb, bias, case, backend: str, grad_out):
 
 
 def run() -> List[dict]:
+    from vitzoo.ops import neighborhood_attention_2d
+
     rows = []
     torch.manual_seed(0)
     for name, case in CASES.items():
@@ -59,7 +62,11 @@ def run() -> List[dict]:
                 rows.append(row(PATTERN, name, "all", dtype=dname, err=float("nan"), ref_err=float("nan"),
                                 ok=False, note=f"{type(exc).__name__}: {exc}"[:300]))
                 continue
-            for what, o, s, r in zip(["out", "dq", "dk", "dv", "d_rpb", "d_bias"], ours, same, ref):
+            with torch.no_grad():  # fixed weights: the cached table, or the dense block for windows
+                ours.append(neighborhood_attention_2d(q, k, v, *case[6:9], rpb, bias, backend="triton"))
+            same.append(same[0])
+            ref.append(ref[0])
+            for what, o, s, r in zip(["out", "dq", "dk", "dv", "d_rpb", "d_bias", "out_no_grad"], ours, same, ref):
                 if r is None:
                     continue
                 err, ref_err = rel_err(o, r), rel_err(s, r)

@@ -19,12 +19,15 @@ import triton.language as tl
 
 from ._intmath import cdiv
 from . import _neighborhood_common as common
-from ._neighborhood_common import (MAX, MIN_DOT, SUM, LOG2E, bounded_configs, key_block_columns, key_union, next_pow2,
+from ._neighborhood_common import (INTERPRET, MAX, MIN_DOT, SUM, LOG2E, key_block_columns, key_union, next_pow2,
                                    query_code, tile_origin, value_block)
-from ._neighborhood_table import MAX_KEY_ROWS, TableGeometry, launch_table
+from ._neighborhood_table import (MAX_KEY_ROWS, TableGeometry, launch_table, table_geometry, window_block_row,
+                                 window_logit_block)
 from ._launch import launch
+from ._tuning import autotune_enabled
 
-__all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "tiled_launch", "TiledLaunch", "dot_precision", "MIN_DOT"]
+__all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "tiled_launch", "TiledLaunch", "dot_precision", "MIN_DOT",
+           "uses_window_block", "window_block"]
 
 # Queries per program in the sliding-window case: an 8x8 tile reads a (8+k-1)^2 key union for 64 queries.
 NA_TILE = (8, 8)
@@ -59,19 +62,37 @@ def key_rows(nargs) -> int:
     return min(MAX_KEY_ROWS, max(1, nargs["BLOCK_N"] // nargs["KEY_W"]))
 
 
+# Untuned default (VITZOO_AUTOTUNE=0 on a GPU) of the window-block path: 64-key blocks, two stages. H100, bf16, 7x7
+# windows + rpb (kernels/measurements/h100_na_fwd_variants_2026-11-24h.json): 56x56 0.097 ms vs 0.14-0.19 with the
+# others; 28x28 and 14x14 the same order.
+WINDOW_BLOCK_DEFAULT = 2
+assert _CONFIGS[WINDOW_BLOCK_DEFAULT].kwargs["BLOCK_N"] == 64 and _CONFIGS[WINDOW_BLOCK_DEFAULT].num_stages == 2
+
+
+def _prune(configs: list, named_args: dict, **kwargs) -> list:
+    """All configs when autotuning; otherwise the first, or the window-block default on a GPU."""
+    if autotune_enabled() or len(configs) == 1:
+        return configs
+    return [configs[WINDOW_BLOCK_DEFAULT if kwargs.get("WINDOW_BLOCK") and not INTERPRET else 0]]
+
+
 @triton.autotune(
-    configs=bounded_configs(_CONFIGS),
-    key=["H", "W", "NHEADS", "DIL_Y", "DIL_X", "KH", "KW", "SH", "SW", "TILE_Y", "TILE_X", "HEAD_DIM", "V_DIM"],
+    configs=_CONFIGS if not INTERPRET else _CONFIGS[:1],
+    key=["H", "W", "NHEADS", "DIL_Y", "DIL_X", "KH", "KW", "SH", "SW", "TILE_Y", "TILE_X", "HEAD_DIM", "V_DIM",
+         "WINDOW_BLOCK"],
+    prune_configs_by={"early_config_prune": _prune},
 )
 @triton.heuristics({"KEY_ROWS": key_rows})
 @triton.jit
 def _neighborhood_fwd_kernel(
-    Q, K, V, O, LSE, TAB,
+    Q, K, V, O, LSE,
+    TAB,  # window-logit table (heads or 1, KH*KW * TAB_ROWS * TAB_COLS), or with WINDOW_BLOCK the dense window block
+          # (heads or 1, KH*KW classes * BLOCK_ROW lanes), already in base-2 units (_neighborhood_table.py)
     stride_qb, stride_qy, stride_qx, stride_qh, stride_qd,
     stride_kb, stride_ky, stride_kx, stride_kh, stride_kd,
     stride_vb, stride_vy, stride_vx, stride_vh, stride_vd,
     stride_ob, stride_oy, stride_ox, stride_oh, stride_od,
-    stride_th,  # window-logit table (heads or 1, KH*KW * TAB_ROWS * TAB_COLS), contiguous per head
+    stride_th,  # TAB's head stride (0: one table for every head)
     H, W, NHEADS, DIL_Y, DIL_X, TILES_Y, TILES_X,
     qk_scale,  # softmax scale * log2(e)
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -80,6 +101,7 @@ def _neighborhood_fwd_kernel(
     KEY_W: tl.constexpr,  # key-block width, >= any tile's key-union width
     HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_ROWS: tl.constexpr,
+    WINDOW_BLOCK: tl.constexpr, BLOCK_ROW: tl.constexpr,
 ):
     # ---- which (batch, head, dilation group, tile) this program owns
     b, h, gy, gx, ty0, tx0, glen_y, glen_x = tile_origin(tl.program_id(0), H, W, NHEADS, DIL_Y, DIL_X, TILES_Y,
@@ -108,6 +130,10 @@ def _neighborhood_fwd_kernel(
     k_base = K + b64 * stride_kb + h * stride_kh
     v_base = V + b64 * stride_vb + h * stride_vh
     tab = TAB + h * stride_th
+    if WINDOW_BLOCK:
+        # One window per program (tile == kernel): query m sits in slot m + cls0 of the window every query shares.
+        cls0 = (ty0 - key_y0) * KW + (tx0 - key_x0)
+        tab_rows = tab + tl.where(q_valid, offs_m + cls0, cls0) * BLOCK_ROW
 
     offs_n, kxi, kx, kx_in = key_block_columns(key_x0, gx, glen_x, DIL_X, KEY_ROWS, KEY_W)
 
@@ -122,7 +148,10 @@ def _neighborhood_fwd_kernel(
         kt = tl.load(k_base + ky[None, :] * stride_ky + kx[None, :] * stride_kx + offs_d[:, None] * stride_kd,
                      mask=k_in[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
-        s += tl.load(tab + ((kyi * TAB_COLS + kxi)[None, :] - q_code[:, None])) * LOG2E
+        if WINDOW_BLOCK:
+            s += tl.load(tab_rows[:, None] + (r0 * KEY_W + offs_n)[None, :])  # aligned rows, base-2 units
+        else:
+            s += tl.load(tab + ((kyi * TAB_COLS + kxi)[None, :] - q_code[:, None])) * LOG2E
         m_new = tl.maximum(m_i, tl.reduce(s, 1, MAX))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
@@ -178,6 +207,21 @@ def tiled_launch(q: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], 
                        constexprs)
 
 
+def uses_window_block(kernel: Sequence[int], stride: Sequence[int]) -> bool:
+    """Whether one program owns exactly one window (stride == kernel, window tile): the forward can then read the
+    dense window block (``_neighborhood_table.window_logit_block``) instead of the window-logit table."""
+    kernel = (int(kernel[0]), int(kernel[1]))
+    return query_tile(kernel, stride) == kernel
+
+
+def window_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
+                 stride: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The dense window block the forward reads for these weights (windows only, see :func:`uses_window_block`)."""
+    kernel, stride = (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1]))
+    key_w = table_geometry(kernel, stride, query_tile(kernel, stride)).key_w
+    return window_logit_block(rpb, bias, kernel, key_w, device)
+
+
 def neighborhood_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -189,21 +233,32 @@ def neighborhood_fwd(
     stride: Sequence[int],
     scale: float,
     table: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    block: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Launch the forward kernel. q, k: (B, H, W, heads, d), v: (B, H, W, heads, d_v), any strides, one dtype.
     Returns the output (B, H, W, heads, d_v) in q's dtype, the base-2 log-sum-exp (B, heads, H, W) float32 and the
-    window-logit table it read (the backward kernels take it instead of building it again). ``table``: one already
-    built for these rpb / bias / kernel / stride (``_neighborhood_table.window_logit_table``), e.g. cached by the
-    caller for fixed weights."""
+    window-logit table it read (the backward kernels take it instead of building it again), or None when it read a
+    dense window block.
+
+    ``table``: a window-logit table already built for these rpb / bias / kernel / stride
+    (``_neighborhood_table.window_logit_table``). ``block``: the dense window block (:func:`window_block`; windows
+    only), e.g. cached by the caller for fixed weights. Windows without rpb and bias always read the cached mask
+    block."""
     batch, height, width, heads, _ = q.shape
+    if block is None and table is None and rpb is None and bias is None and uses_window_block(kernel, stride):
+        block = window_block(None, None, kernel, stride, q.device)
+    if block is not None and not uses_window_block(kernel, stride):
+        raise ValueError(f"a dense window block needs stride == kernel with one window per program, got kernel "
+                         f"{tuple(kernel)} and stride {tuple(stride)}")
     out = common.alloc((batch, height, width, heads, v.shape[-1]), device=q.device, dtype=q.dtype)
     lse = common.alloc((batch, heads, height, width), device=q.device, dtype=torch.float32)
-    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, table)
+    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, table if block is None else block)
     launch(_neighborhood_fwd_kernel, (t.n_programs,),
         q, k, v, out, lse, t.table,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *t.grid_args,
         scale * LOG2E,
         **t.constexprs, KEY_W=t.geom.key_w,
         BLOCK_M=max(MIN_DOT, next_pow2(t.constexprs["TILE_Y"] * t.constexprs["TILE_X"])),
+        WINDOW_BLOCK=block is not None, BLOCK_ROW=window_block_row(kernel, t.geom.key_w),
     )
-    return out, lse, t.table
+    return out, lse, t.table if block is None else None

@@ -109,6 +109,7 @@ CASES = {
     "maxvit_grid": ((1, 8, 8, 1, 16), (4, 4), (2, 2), (4, 4), True, False),
     "uneven_windows_shifted": ((1, 10, 9, 1, 16), (4, 4), (1, 1), (4, 4), False, True),
     "stride_between": ((1, 9, 7, 1, 16), (3, 3), (1, 2), (2, 3), False, False),
+    "uneven_windows_no_bias": ((1, 10, 9, 2, 16), (4, 4), (1, 1), (4, 4), False, False),  # forward: mask block
     "thin_windows_rpb": ((1, 4, 16, 1, 16), (2, 8), (1, 1), (2, 8), True, False),  # 2x8 tile: padded query grid
 }
 
@@ -397,16 +398,19 @@ def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
     in-place weight update, a new weight tensor or recording autograd through the weight rebuilds it. Every call is
     checked against the float64 brute force, so a stale table fails on values, not just on the build count."""
     from vitzoo.kernels import _neighborhood_table as table_mod
+    from vitzoo.kernels import neighborhood_fwd as fwd
     from vitzoo.ops._weight_cache import clear_weight_cache
 
     builds = []
-    real = table_mod.window_logit_table
 
-    def counting(*args, **kwargs):
-        builds.append(1)
-        return real(*args, **kwargs)
+    def counting(real):
+        def build(*args, **kwargs):
+            builds.append(real.__name__)
+            return real(*args, **kwargs)
+        return build
 
-    monkeypatch.setattr(table_mod, "window_logit_table", counting)
+    monkeypatch.setattr(table_mod, "window_logit_table", counting(table_mod.window_logit_table))
+    monkeypatch.setattr(fwd, "window_logit_block", counting(fwd.window_logit_block))  # windows: the dense block
     clear_weight_cache()
     shape, kernel, dil, stride = (1, 9, 8, 2, 16), (3, 3), (1, 1), (1, 1)
     q, k, v, rpb, _ = _inputs(shape, kernel, rpb=True)
@@ -425,8 +429,8 @@ def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
         rpb.mul_(2.0)  # in-place update: version bump
         call(rpb)
         assert len(builds) == 2
-        call(rpb, win=(3, 3), st=(3, 3))  # other geometry: its own table
-        assert len(builds) == 3
+        call(rpb, win=(3, 3), st=(3, 3))  # windows: their own dense block
+        assert builds[-1] == "window_logit_block" and len(builds) == 3
         call(rpb.clone())  # equal values, another tensor: never served from rpb's entry
         assert len(builds) == 4
         call(None, bias_all[0:2].view(2, 9, 9))

@@ -107,17 +107,22 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
     which saves its build (a pad, a gather, about 0.1 ms of host time) per call; with fixed weights the table is
     always returned empty, cached or not, so that the fake implementation knows the output's shape. The caller
     decides because inside an ``autograd.Function`` forward, grad mode always reads as off."""
-    from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd
+    from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd, uses_window_block, window_block
 
     if rpb is None and bias is None:
-        out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
-        return out, lse, table.new_empty(0)
-    cached = None
-    if fixed_weights:
-        cached = cached_from_weights((rpb, bias), ("na_logit_table", tuple(kernel_size), tuple(stride)),
-                                     lambda: _logit_table(rpb, bias, kernel_size, stride, q.device))
-    out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, cached)
-    return out, lse, table.new_empty(0) if fixed_weights else table
+        out, lse, _ = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
+        return out, lse, lse.new_empty(0)
+    table = block = None
+    if fixed_weights and uses_window_block(kernel_size, stride):
+        # Windows read a dense, aligned logit block: 1.6-1.7x faster forward, but the backward kernels index the
+        # table, so only calls that need no backward through the weights use it.
+        block = cached_from_weights((rpb, bias), ("na_window_block", tuple(kernel_size), tuple(stride)),
+                                    lambda: window_block(rpb, bias, kernel_size, stride, q.device))
+    elif fixed_weights:
+        table = cached_from_weights((rpb, bias), ("na_logit_table", tuple(kernel_size), tuple(stride)),
+                                    lambda: _logit_table(rpb, bias, kernel_size, stride, q.device))
+    out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, table, block)
+    return out, lse, lse.new_empty(0) if fixed_weights else table
 
 
 def _logit_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel_size: List[int],
