@@ -71,7 +71,14 @@ def _table_index(kernel: Tuple[int, int], geom: TableGeometry, device: torch.dev
     kh, kw = kernel
     ly, lx, ry, rx = torch.meshgrid(torch.arange(kh), torch.arange(kw), torch.arange(geom.rows),
                                     torch.arange(geom.cols), indexing="ij")
-    ra, rb = ry - geom.shift_y, rx - geom.shift_x
+    return _entry_index(kernel, ly, lx, ry - geom.shift_y, rx - geom.shift_x, device)
+
+
+def _entry_index(kernel: Tuple[int, int], ly: torch.Tensor, lx: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor,
+                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flattened (valid, rpb index, dense-bias index) of the entries for query slot (ly, lx) and key (ra, rb)
+    relative to the window start; invalid entries index the ``-inf`` column past the end."""
+    kh, kw = kernel
     valid = (ra >= 0) & (ra < kh) & (rb >= 0) & (rb < kw)
     n_rpb, n_bias = (2 * kh - 1) * (2 * kw - 1), (kh * kw) ** 2
     rpb_idx = torch.where(valid, (ra - ly + kh - 1) * (2 * kw - 1) + (rb - lx + kw - 1), n_rpb)
@@ -142,12 +149,7 @@ def _block_index(kernel: Tuple[int, int], key_w: int, device: torch.device
     kh, kw = kernel
     row = window_block_row(kernel, key_w)
     ly, lx, lane = torch.meshgrid(torch.arange(kh), torch.arange(kw), torch.arange(row), indexing="ij")
-    ra, rb = lane // key_w, lane % key_w
-    valid = (ra < kh) & (rb < kw)
-    n_rpb, n_bias = (2 * kh - 1) * (2 * kw - 1), (kh * kw) ** 2
-    rpb_idx = torch.where(valid, (ra - ly + kh - 1) * (2 * kw - 1) + (rb - lx + kw - 1), n_rpb)
-    bias_idx = torch.where(valid, (ly * kw + lx) * (kh * kw) + ra * kw + rb, n_bias)
-    return tuple(t.reshape(-1).to(device) for t in (valid, rpb_idx, bias_idx))  # type: ignore[return-value]
+    return _entry_index(kernel, ly, lx, lane // key_w, lane % key_w, device)
 
 
 @functools.lru_cache(maxsize=64)
