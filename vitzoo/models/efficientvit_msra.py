@@ -11,6 +11,9 @@ What differs from timm is the token mixer: every head's local-window attention i
 window`` and the LeViT ``|dy|, |dx|`` attention biases expanded once (cached in eval) to the op's dense
 ``(heads, k*k, k*k)`` bias, instead of window partition/reverse copies plus an explicit (N, N) softmax per head.
 
+In eval, every ``ConvNorm`` (timm's conv + BatchNorm, also inside timm's blocks used here) runs as one convolution
+with the BatchNorm folded in (``_conv_bn.py``); training runs the two modules as timm does.
+
 The cascade (head ``i + 1`` reads ``input_chunk[i + 1] + output[i]``) makes the per-head qkv projection, query
 depth-wise conv and attention inherently sequential; what is independent is done once for all heads: the input
 split, the bias expansion and the output projection.
