@@ -27,7 +27,7 @@ from ._launch import launch
 from ._tuning import autotune_enabled
 
 __all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "tiled_launch", "TiledLaunch", "dot_precision", "MIN_DOT",
-           "uses_window_block", "window_block"]
+           "uses_window_block", "logit_table", "window_block"]
 
 # Queries per program in the sliding-window case: an 8x8 tile reads a (8+k-1)^2 key union for 64 queries.
 NA_TILE = (8, 8)
@@ -70,10 +70,11 @@ assert _CONFIGS[WINDOW_BLOCK_DEFAULT].kwargs["BLOCK_N"] == 64 and _CONFIGS[WINDO
 
 
 def _prune(configs: list, named_args: dict, **kwargs) -> list:
-    """All configs when autotuning; otherwise the first, or the window-block default on a GPU."""
+    """All configs when autotuning; otherwise the first, or the window-block default (under the interpreter the
+    list holds the first config only)."""
     if autotune_enabled() or len(configs) == 1:
         return configs
-    return [configs[WINDOW_BLOCK_DEFAULT if kwargs.get("WINDOW_BLOCK") and not INTERPRET else 0]]
+    return [configs[WINDOW_BLOCK_DEFAULT if kwargs.get("WINDOW_BLOCK") else 0]]
 
 
 @triton.autotune(
@@ -212,6 +213,13 @@ def uses_window_block(kernel: Sequence[int], stride: Sequence[int]) -> bool:
     dense window block (``_neighborhood_table.window_logit_block``) instead of the window-logit table."""
     kernel = (int(kernel[0]), int(kernel[1]))
     return query_tile(kernel, stride) == kernel
+
+
+def logit_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
+                stride: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The window-logit table the forward reads for these weights (what ``table=`` takes)."""
+    kernel, stride = (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1]))
+    return launch_table(rpb, bias, kernel, stride, query_tile(kernel, stride), device)[1]
 
 
 def window_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],

@@ -91,6 +91,33 @@ def test_efficientvit_matches_timm(name):
     _check_equivalent(ref, ours, torch.randn(2, 3, 160, 160))
 
 
+def test_efficientvit_inference_caches_follow_new_weights():
+    """Inference caches the dense attention bias, the attention op's logit tables and the folded conv+BN weights;
+    loading other weights, or changing a running statistic or the attention biases in place, must never serve the
+    old ones. Compared on stage 0's output, which both edits change visibly (the logits barely move)."""
+    _, ours = _pair("efficientvit_m0", img_size=160)
+    x = torch.randn(2, 3, 160, 160)
+
+    def stage0(m):
+        return m.stages[0](m.patch_embed(x))
+
+    with torch.inference_mode():
+        stage0(ours)  # fills every cache
+    ref2, _ = _pair("efficientvit_m0", img_size=160)  # other random weights
+    ours.load_state_dict(ref2.state_dict())
+    with torch.inference_mode():
+        before = stage0(ours)
+        assert _rel(before, stage0(ref2)) <= 1e-4
+    with torch.no_grad():
+        for m in (ours, ref2):
+            m.patch_embed.conv1.bn.running_var.mul_(2.0)
+            m.stages[0].blocks[0].mixer.m.attn.attention_biases.mul_(3.0)
+        ref2.train().eval()  # timm caches its own eval-mode attention biases; train() drops them
+        after = stage0(ours)
+        assert _rel(after, before) > 1e-2  # the edits matter, so a stale cache would fail below
+        assert _rel(after, stage0(ref2)) <= 1e-4
+
+
 @pytest.mark.parametrize("img_size", [224, 288])
 def test_efficientvit_default_and_large_sizes(img_size):
     # 224: maps 14 (2x2 windows), 7, 4; 288: maps 18 (padded to 21), 9 (padded to 14), 5

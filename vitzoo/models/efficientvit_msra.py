@@ -8,7 +8,7 @@ Weight-compatible with timm's ``efficientvit_m0`` ... ``efficientvit_m5`` (ident
 
 What differs from timm is the token mixer: every head's local-window attention is one
 :func:`vitzoo.ops.neighborhood_attention_2d` call on the whole (padded) feature map with ``stride == kernel ==
-window`` and the LeViT ``|dy|, |dx|`` attention biases expanded once (cached in eval) to the op's dense
+window`` and the LeViT ``|dy|, |dx|`` attention biases expanded once (cached in inference) to the op's dense
 ``(heads, k*k, k*k)`` bias, instead of window partition/reverse copies plus an explicit (N, N) softmax per head.
 
 In eval, every ``ConvNorm`` (timm's conv + BatchNorm, also inside timm's blocks used here) runs as one convolution
@@ -35,6 +35,7 @@ from timm.models._features import feature_take_indices
 from timm.models.efficientvit_msra import ConvMlp, ConvNorm, NormLinear, PatchEmbedding, PatchMerging, ResidualDrop
 
 from vitzoo.ops import BACKENDS, neighborhood_attention_2d
+from vitzoo.ops._weight_cache import cached_from_weights
 
 from ._conv_bn import fold_conv_norms
 
@@ -104,7 +105,6 @@ class CascadedGroupAttentionVz(nn.Module):
             for i in range(num_heads)])
         self.proj = nn.Sequential(nn.ReLU(), ConvNorm(self.val_dim * num_heads, dim, bn_weight_init=0))
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
-        self._bias_cache: Dict[tuple, torch.Tensor] = {}
         self._index_cache: Dict[tuple, torch.Tensor] = {}
 
     def _bias_index(self, kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -125,33 +125,24 @@ class CascadedGroupAttentionVz(nn.Module):
 
     def dense_bias(self, kernel: Tuple[int, int]) -> torch.Tensor:
         """The op's dense (heads, kh*kw, kh*kw) bias for windows of ``kernel`` (row-major slots) built from the
-        |dy|, |dx| table. Cached in eval, keyed on the parameter's version so a later ``load_state_dict`` (or any
-        in-place update) is never served stale."""
+        |dy|, |dx| table. With a fixed table (inference) it is built once and cached until the parameter changes
+        (``vitzoo.ops._weight_cache``)."""
         kh, kw = kernel
         if kh > self.resolution or kw > self.resolution:
             raise ValueError(
                 f"attention window {kh}x{kw} exceeds the {self.resolution}x{self.resolution} attention-bias table; "
                 f"build the model with a larger img_size")
         table = self.attention_biases
-        use_cache = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or _compiling())
-        key = (kh, kw, str(table.device), table.dtype, table._version, table.data_ptr()) if use_cache else None
-        if use_cache and key in self._bias_cache:
-            return self._bias_cache[key]
         index = self._bias_index(kernel, table.device)
-        if use_cache:
-            # A normal tensor even under inference mode: the op layer caches its window-logit tables keyed on the
+
+        def build() -> torch.Tensor:
+            # A normal tensor even under inference mode: the op layer caches its window-logit tables keyed on this
             # bias's version counter, which inference tensors lack.
             with torch.inference_mode(False), torch.no_grad():
-                bias = table[:, index]
-            self._bias_cache = {key: bias}
-        else:
-            bias = table[:, index]
-        return bias
+                return table[:, index]
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._bias_cache = {}
-        return self
+        cached = cached_from_weights((table,), ("efficientvit_dense_bias", kh, kw), build)
+        return cached if cached is not None else table[:, index]
 
     def forward(self, x: torch.Tensor, window: Optional[int] = None) -> torch.Tensor:
         """x: (B, C, H, W); ``window``: attend within non-overlapping ``window x window`` tiles (H and W must be

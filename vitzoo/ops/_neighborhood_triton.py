@@ -107,7 +107,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
     which saves its build (a pad, a gather, about 0.1 ms of host time) per call; with fixed weights the table is
     always returned empty, cached or not, so that the fake implementation knows the output's shape. The caller
     decides because inside an ``autograd.Function`` forward, grad mode always reads as off."""
-    from vitzoo.kernels.neighborhood_fwd import neighborhood_fwd, uses_window_block, window_block
+    from vitzoo.kernels.neighborhood_fwd import logit_table, neighborhood_fwd, uses_window_block, window_block
 
     if rpb is None and bias is None:
         out, lse, _ = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
@@ -120,19 +120,9 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
                                     lambda: window_block(rpb, bias, kernel_size, stride, q.device))
     elif fixed_weights:
         table = cached_from_weights((rpb, bias), ("na_logit_table", tuple(kernel_size), tuple(stride)),
-                                    lambda: _logit_table(rpb, bias, kernel_size, stride, q.device))
+                                    lambda: logit_table(rpb, bias, kernel_size, stride, q.device))
     out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, table, block)
     return out, lse, lse.new_empty(0) if fixed_weights else table
-
-
-def _logit_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel_size: List[int],
-                 stride: List[int], device: torch.device) -> torch.Tensor:
-    """The forward kernel's window-logit table for these weights (``kernels/_neighborhood_table.py``)."""
-    from vitzoo.kernels._neighborhood_table import launch_table
-    from vitzoo.kernels.neighborhood_fwd import query_tile
-
-    kernel, stride = tuple(kernel_size), tuple(stride)
-    return launch_table(rpb, bias, kernel, stride, query_tile(kernel, stride), device)[1]
 
 
 def _forward_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, fixed_weights):
