@@ -54,17 +54,32 @@ def test_references_and_run_order():
         "h100_2026-11-23.json", "h100_2026-11-23b.json", "h200_2026-11-23e.json", "h100_2026-11-23f1.json"]
 
 
-def test_compiled_rows_of_the_model_and_its_reference():
-    """torch.compile rows (ours and the reference's) go into the card from the measurements, a failed compiled train
-    step as the failure, never as a number; a reference without a compiled row (or a team anchor) adds none."""
+def test_compiled_and_graph_rows_of_the_model_and_its_reference():
+    """torch.compile and CUDA-graph rows (ours and the reference's) go into the card from the measurements, a failed
+    compiled train step as the failure, never as a number; a reference without such a row (or a team anchor) adds
+    none; a graph-mode row of a benchmark file lands in the graph bucket, not over the eager row."""
     row = {"_file": "model_cards/measurements/x.json", "infer_peak_GB": 1.0, "train_peak_GB": 2.0}
     meas = {"compiled": {"vz_davit_tiny": dict(row, model="vz_davit_tiny", infer_img_s=12960.4, train_img_s=2545.0),
                          "davit_tiny": dict(row, model="davit_tiny", infer_img_s=12725.2, train_img_s=None,
                                             train_error="stride mismatch: details")}}
-    lines = make_cards._compiled_rows("vz_davit_tiny", {"model": "davit_tiny"}, meas)
+    lines = make_cards._mode_rows("vz_davit_tiny", {"model": "davit_tiny"}, meas, "compiled", "torch.compile")
     assert len(lines) == 2
     assert lines[0].startswith("| vitzoo `vz_davit_tiny` + torch.compile") and "| 12960 |" in lines[0]
     assert "| 2545 |" in lines[0]
     assert lines[1].startswith("| `davit_tiny` + torch.compile") and "| 12725 |" in lines[1]
     assert "| failed in this run: stride mismatch |" in lines[1]
-    assert make_cards._compiled_rows("biformer_s", {"infer_img_s": 1.0}, meas) == []
+    assert make_cards._mode_rows("biformer_s", {"infer_img_s": 1.0}, meas, "compiled", "torch.compile") == []
+
+
+def test_graph_mode_rows_are_kept_apart_from_eager_rows(tmp_path):
+    rows = [{"model": "vz_davit_tiny", "compiled": False, "mode": "eager", "infer_img_s": 100.0},
+            {"model": "vz_davit_tiny", "compiled": False, "mode": "graph", "infer_img_s": 300.0, "train_img_s": 50.0},
+            {"model": "davit_tiny", "compiled": False, "infer_img_s": 90.0}]  # a file from before the "mode" key
+    path = tmp_path / "h100_x.json"
+    path.write_text(json.dumps({"env": {}, "setting": {}, "rows": rows}))
+    meas = make_cards.load_measurements([str(path)])
+    assert meas["by_model"]["vz_davit_tiny"]["infer_img_s"] == 100.0 and meas["by_model"]["davit_tiny"]
+    assert set(meas["graph"]) == {"vz_davit_tiny"}
+    lines = make_cards._mode_rows("vz_davit_tiny", {"model": "davit_tiny"}, meas, "graph", "CUDA graph (whole step)")
+    assert len(lines) == 1 and lines[0].startswith("| vitzoo `vz_davit_tiny` + CUDA graph (whole step)")
+    assert "| 300 |" in lines[0] and "| 50 |" in lines[0]

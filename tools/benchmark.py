@@ -8,7 +8,9 @@
 
 Setting (the project's standard): bf16 autocast (``--dtype bf16|fp16|fp32``; fp32 = no autocast), channels_last,
 inference batch 256 (torch.inference_mode), train step batch 128 (forward + backward + AdamW step), CUDA-event timing
-after warm-up, median of several windows; eager, ``--compile`` (torch.compile) or ``--mode both`` (one row each).
+after warm-up, median of several windows. Modes (``--mode``, one row each): ``eager``; ``compile`` (torch.compile,
+default mode); ``graph`` (the whole inference forward and the whole train step captured once in a CUDA graph and
+replayed, ``vitzoo.cuda_graph``; AdamW with ``capturable=True``; CUDA only); ``both`` = eager + compile; ``all``.
 GFLOPs: forward at batch 1 with torch.utils.flop_counter (FLOPs inside vitzoo's Triton ops are not counted). Peak
 memory: CUDA only (torch.cuda.max_memory_allocated). On CPU (no GPU) it still runs, with small batches, for smoke
 tests; only GPU numbers go into model cards.
@@ -23,6 +25,7 @@ take, is one line on stderr and exit code 2 (the other models still run).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -126,7 +129,18 @@ def _time_windows(fn, windows: int, iters: int, device) -> float:
     return statistics.median(results)
 
 
-def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
+MODES = {"eager": ["eager"], "compile": ["compile"], "graph": ["graph"], "both": ["eager", "compile"],
+         "all": ["eager", "compile", "graph"]}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def _reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def bench_model(name: str, args, device, mode: str = "eager") -> Dict:
     try:
         model = create(name, args.img_size)
     except ValueError as exc:  # e.g. MaxViT: img_size not a multiple of its window/grid
@@ -135,13 +149,16 @@ def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
     in_chans = cfg.get("input_size", (3, 224, 224))[0]
     size = args.img_size or cfg.get("input_size", (3, 224, 224))[-1]
     row = {"model": name, "img": size, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-           "compiled": compiled, "vs": PAIRS.get(name), "dtype": args.dtype}
+           "compiled": mode == "compile", "mode": mode, "vs": PAIRS.get(name), "dtype": args.dtype}
     model = to_channels_last(model.to(device))
     try:
         row["gflops"] = count_gflops(model.eval(), size, in_chans)
     except ValueError as exc:  # e.g. HaloNet: input not a multiple of 256
         raise UserError(f"{name}: {exc}") from None
-    runner = torch.compile(model) if compiled else model
+    runner = torch.compile(model) if mode == "compile" else model
+    graph = mode == "graph"
+    if graph:
+        from vitzoo.cuda_graph import GraphedForward, GraphedTrainStep
 
     def amp_ctx():  # a fresh autocast context per call; fp32 = none
         return autocast_ctx(args.dtype, device)
@@ -153,20 +170,22 @@ def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
         with torch.inference_mode(), amp_ctx():
             runner(x)
 
+    run = None
     if not args.skip_infer:
         try:
+            _reset_peak(device)  # graphs: the capture's allocations are the replays' memory, so count from here
+            run = functools.partial(GraphedForward(model.eval(), x, AMP_DTYPES[args.dtype]), x) if graph else infer
             for _ in range(args.warmup):
-                infer()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            sec = _time_windows(infer, args.windows, args.iters, device)
+                run()
+            if not graph:
+                _reset_peak(device)
+            sec = _time_windows(run, args.windows, args.iters, device)
             row["infer_img_s"] = args.infer_batch / sec
             if device.type == "cuda":
                 row["infer_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
         except Exception as exc:
             row["infer_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    del x
+    del x, run
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -174,7 +193,7 @@ def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
     # train step
     if not args.skip_train:
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda", capturable=graph)
         xt = torch.randn(args.train_batch, in_chans, size, size, device=device).contiguous(
             memory_format=torch.channels_last)
         target = torch.randint(0, model.num_classes, (args.train_batch,), device=device)
@@ -187,19 +206,22 @@ def bench_model(name: str, args, device, compiled: bool = False) -> Dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+        run = None
         try:
+            _reset_peak(device)
+            run = functools.partial(GraphedTrainStep(model, opt, loss_fn, xt, target, AMP_DTYPES[args.dtype]), xt,
+                                    target) if graph else train_step
             for _ in range(args.warmup):
-                train_step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            sec = _time_windows(train_step, args.windows, args.iters, device)
+                run()
+            if not graph:
+                _reset_peak(device)
+            sec = _time_windows(run, args.windows, args.iters, device)
             row["train_img_s"] = args.train_batch / sec
             if device.type == "cuda":
                 row["train_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
         except Exception as exc:
             row["train_error"] = f"{type(exc).__name__}: {exc}"[:300]
-        del opt, xt
+        del opt, xt, run
     del model, runner
     gc.collect()
     if device.type == "cuda":
@@ -236,7 +258,7 @@ def plot(rows: List[Dict], out: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, max(4, 0.3 * len(rows))))
     for ax, key in zip(axes, ("infer_img_s", "train_img_s")):
-        labels = [f"{r['model']}{' (compiled)' if r['compiled'] else ''}" for r in rows]
+        labels = [r["model"] + ("" if _mode(r) == "eager" else f" ({_mode(r)})") for r in rows]
         ax.barh(range(len(rows)), [r.get(key) or 0 for r in rows],
                 color=["C0" if r["model"] in PAIRS else "C1" for r in rows])
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
@@ -247,6 +269,10 @@ def plot(rows: List[Dict], out: str) -> None:
     plt.close(fig)
 
 
+def _mode(row: Dict) -> str:
+    return row.get("mode") or ("compile" if row["compiled"] else "eager")  # files written before the key existed
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -254,19 +280,19 @@ def _fmt(value, spec: str) -> str:
 def table(rows: List[Dict]) -> str:
     """Plain-text table; ``x ref`` = this row's img/s over its reference's (timm twin or official code) in the same
     run and mode."""
-    by_key = {(r["model"], r["compiled"]): r for r in rows}
+    by_key = {(r["model"], _mode(r)): r for r in rows}
     head = (f"{'model':34s} {'mode':7s} {'params M':>8s} {'GFLOPs':>7s} {'infer img/s':>11s} {'peak GB':>7s} "
             f"{'train img/s':>11s} {'peak GB':>7s} {'x ref (inf/train)':>18s}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        ref = by_key.get((r.get("vs"), r["compiled"])) if r.get("vs") else None
+        ref = by_key.get((r.get("vs"), _mode(r))) if r.get("vs") else None
         ratio = "-"
         if ref:
             ri = (r.get("infer_img_s") or 0) / ref["infer_img_s"] if ref.get("infer_img_s") else None
             rt = (r.get("train_img_s") or 0) / ref["train_img_s"] if ref.get("train_img_s") else None
             ratio = f"{_fmt(ri, '.2f')}/{_fmt(rt, '.2f')} {r['vs']}"
         err = " ".join(r[k] for k in ("infer_error", "train_error") if r.get(k))
-        lines.append(f"{r['model']:34s} {'compile' if r['compiled'] else 'eager':7s} {r['params_M']:8.2f} "
+        lines.append(f"{r['model']:34s} {_mode(r):7s} {r['params_M']:8.2f} "
                      f"{_fmt(r.get('gflops'), '7.2f'):>7s} {_fmt(r.get('infer_img_s'), '11.1f'):>11s} "
                      f"{_fmt(r.get('infer_peak_GB'), '7.2f'):>7s} {_fmt(r.get('train_img_s'), '11.1f'):>11s} "
                      f"{_fmt(r.get('train_peak_GB'), '7.2f'):>7s} {ratio:>18s}" + (f"  {err}" if err else ""))
@@ -281,8 +307,9 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--pairs", action="store_true",
                    help="also benchmark the timm model or official code (official:<name>) each listed vitzoo "
                         "model is compared with (right after it)")
-    p.add_argument("--mode", choices=("eager", "compile", "both"), default=None,
-                   help="eager (default), torch.compile (default mode), or both (one row each)")
+    p.add_argument("--mode", nargs="+", choices=sorted(MODES), default=None,
+                   help="one or more of: eager (default), compile (torch.compile, default mode), graph (whole-step "
+                        "CUDA graphs), both (eager + compile), all; one row per model and mode")
     p.add_argument("--compile", action="store_true", help="same as --mode compile")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
                    help="autocast dtype (fp32: no autocast); default bf16")
@@ -297,11 +324,14 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default="runs/benchmark")
     args = p.parse_args(argv)
-    if args.mode and args.compile and args.mode != "compile":
-        raise UserError(f"--compile contradicts --mode {args.mode}")
-    args.modes = {"eager": ["eager"], "compile": ["compile"], "both": ["eager", "compile"]}[
-        args.mode or ("compile" if args.compile else "eager")]
+    if args.mode and args.compile and args.mode != ["compile"]:
+        raise UserError(f"--compile contradicts --mode {' '.join(args.mode)}")
+    args.modes = []
+    for mode in args.mode or ["compile" if args.compile else "eager"]:
+        args.modes += [m for m in MODES[mode] if m not in args.modes]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if "graph" in args.modes and device.type != "cuda":
+        raise UserError(f"--mode graph: CUDA graphs need a CUDA device, got --device {device}")
     gpu = device.type == "cuda"
     args.infer_batch = args.infer_batch or (256 if gpu else 2)
     args.train_batch = args.train_batch or (128 if gpu else 2)
@@ -329,7 +359,7 @@ def main(argv=None) -> List[Dict]:
     for name in tqdm(models, desc="models", disable=None):  # no bar when stderr is not a terminal
         for mode in args.modes:
             try:
-                rows.append(bench_model(name, args, device, compiled=mode == "compile"))
+                rows.append(bench_model(name, args, device, mode=mode))
             except UserError as exc:
                 failures.append(str(exc))
                 tqdm.write(f"{prog}: error: {exc}", file=sys.stderr)

@@ -149,12 +149,13 @@ def exact_params(name: str) -> int:
 
 def load_measurements(paths: List[str]) -> Dict:
     """Rows of every file (a later file's row replaces an earlier one's); each row keeps its file and environment."""
-    merged: Dict = {"by_model": {}, "compiled": {}}
+    merged: Dict = {"by_model": {}, "compiled": {}, "graph": {}}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
         for r in data["rows"]:
-            merged["compiled" if r.get("compiled") else "by_model"][r["model"]] = dict(
+            bucket = "compiled" if r.get("compiled") else "graph" if r.get("mode") == "graph" else "by_model"
+            merged[bucket][r["model"]] = dict(
                 r, _file=os.path.relpath(path, ROOT), _env=data["env"], _setting=data["setting"])
         merged["env"], merged["setting"] = data["env"], data["setting"]
     return merged
@@ -251,7 +252,8 @@ def card(name: str, meas: Dict) -> str:
                      f" | {_num(ref.get('train_img_s'), '.0f')} | {_num(ref.get('train_peak_GB'), '.2f')} |")
     else:
         lines.append(f"| {ref_label} | | | | |")
-    lines += _compiled_rows(name, ref, meas)
+    lines += _mode_rows(name, ref, meas, "compiled", "torch.compile")
+    lines += _mode_rows(name, ref, meas, "graph", "CUDA graph (whole step)")
     lines += [
         "",
         "## Loading weights (local files only; nothing is downloaded)",
@@ -276,17 +278,18 @@ def card(name: str, meas: Dict) -> str:
     return "\n".join(lines)
 
 
-def _compiled_rows(name: str, ref: Optional[Dict], meas: Dict) -> List[str]:
-    """Table rows of ``torch.compile`` (default mode) runs of the model and of its reference, where measured (a
-    compile that failed or timed out leaves no number, and says so)."""
+def _mode_rows(name: str, ref: Optional[Dict], meas: Dict, bucket: str, how: str) -> List[str]:
+    """Table rows of the model's and its reference's runs in another mode (``bucket``: "compiled" = torch.compile,
+    default mode; "graph" = whole-step CUDA graphs), where measured (a run that failed leaves no number, and says
+    so)."""
     rows = []
     for model, label in ((name, f"vitzoo `{name}`"), (ref and ref.get("model"), ref and f"`{ref.get('model')}`")):
-        r = meas["compiled"].get(model) if model else None
+        r = meas[bucket].get(model) if model else None
         if r is None:
             continue
         train = _num(r.get("train_img_s"), ".0f") if not r.get("train_error") else \
             "failed in this run: " + r["train_error"].split(":")[0]
-        rows.append(f"| {label} + torch.compile (`{r['_file']}`) | {_num(r.get('infer_img_s'), '.0f')} | "
+        rows.append(f"| {label} + {how} (`{r['_file']}`) | {_num(r.get('infer_img_s'), '.0f')} | "
                     f"{_num(r.get('infer_peak_GB'), '.2f')} | {train} | {_num(r.get('train_peak_GB'), '.2f')} |")
     return rows
 

@@ -6,7 +6,9 @@
 
 Writes to ``output.dir``: ``last.pth`` (atomic, every ``output.checkpoint_every_steps`` steps and every epoch),
 ``best.pth`` (model and EMA weights of the best epoch), ``metrics.csv`` (one row per epoch), ``curves.png`` and
-``summary.json``. ``--resume`` continues from ``last.pth``: model, optimizer, scheduler, EMA, grad scaler, epoch/step,
+``summary.json``. ``train.cuda_graph: true`` (CUDA, one process) captures the
+whole step once and replays it (``vitzoo.cuda_graph``): the host no longer limits models with many small layers.
+``--resume`` continues from ``last.pth``: model, optimizer, scheduler, EMA, grad scaler, epoch/step,
 partial-epoch sums and every RNG state are restored, the data order is a pure function of (seed, epoch) and ImageFolder
 augmentation a pure function of (seed, epoch, rank, position) whatever ``data.workers`` is, so a resumed CPU run is
 bit-for-bit the same as an uninterrupted one. ``tools/validate.py`` evaluates the checkpoints.
@@ -97,6 +99,48 @@ def make_criterion(tcfg: Dict[str, Any], mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
 
 
+def check_cuda_graph_setting(tcfg: Dict[str, Any], world: int, device: torch.device) -> None:
+    """``train.cuda_graph``: what a replayed whole step cannot include, as an error naming the conflicting key."""
+    conflicts = {
+        "train.amp fp16 (its GradScaler reads the inf check back to the host every step; use bf16 or none)":
+            tcfg["amp"] == "fp16",
+        f"train.grad_accum {tcfg['grad_accum']} (one replay is one optimizer step; use 1)": tcfg["grad_accum"] != 1,
+        "train.compile (use one of the two)": bool(tcfg["compile"]),
+        f"{world} processes (DDP's gradient all-reduce is not captured; run one process)": world > 1,
+    }
+    for what, bad in conflicts.items():
+        if bad:
+            raise UserError(f"train.cuda_graph: true does not combine with {what}")
+    if device.type != "cuda":
+        raise UserError(f"train.cuda_graph: true needs a CUDA device, got {device}")
+
+
+def create_optimizer(model: nn.Module, ocfg: Dict[str, Any], capturable: bool) -> torch.optim.Optimizer:
+    """timm's optimizer; ``capturable``: its step state on the GPU where the class has the option (torch's Adam
+    family; SGD keeps no host state and has none)."""
+    kwargs = dict(opt=ocfg["name"], lr=ocfg["lr"], weight_decay=ocfg["weight_decay"], momentum=ocfg["momentum"])
+    if capturable:
+        try:
+            return create_optimizer_v2(model, capturable=True, **kwargs)
+        except TypeError:  # no such option: the capture itself tells whether its step can be replayed
+            pass
+    return create_optimizer_v2(model, **kwargs)
+
+
+def capture_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                       images: torch.Tensor, target: torch.Tensor, amp: str, clip_fn, cfg: Dict[str, Any]):
+    """The whole step captured at the first batch's shape (every batch has it: batches are full)."""
+    from vitzoo.cuda_graph import GraphedTrainStep
+
+    dtype = {"bf16": torch.bfloat16, "none": None}[amp]  # fp16 was refused by check_cuda_graph_setting
+    try:
+        return GraphedTrainStep(model, optimizer, criterion, images, target, dtype, clip_grad=clip_fn)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"train.cuda_graph: capturing the train step of {cfg['model']['name']} with optim.name "
+                        f"{cfg['optim']['name']!r} failed ({str(exc).splitlines()[0]}); set train.cuda_graph: false"
+                        ) from None
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -105,6 +149,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     check_model_name(cfg["model"]["name"])
     rank, world, device = setup_distributed(args.device)
     tcfg, dcfg, ocfg = cfg["train"], cfg["data"], cfg["output"]
+    use_graph = tcfg["cuda_graph"]
+    if use_graph:
+        check_cuda_graph_setting(tcfg, world, device)
     out_dir = ocfg["dir"]
     last_path = os.path.join(out_dir, "last.pth")
     if args.resume and not os.path.exists(last_path):
@@ -134,8 +181,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         steps_per_epoch = min(steps_per_epoch, int(tcfg["max_steps_per_epoch"]))
     updates_per_epoch = max(1, steps_per_epoch // grad_accum)
 
-    optimizer = create_optimizer_v2(model, opt=cfg["optim"]["name"], lr=cfg["optim"]["lr"],
-                                    weight_decay=cfg["optim"]["weight_decay"], momentum=cfg["optim"]["momentum"])
+    optimizer = create_optimizer(model, cfg["optim"], capturable=use_graph)
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=cfg["sched"]["name"], num_epochs=tcfg["epochs"], warmup_epochs=cfg["sched"]["warmup_epochs"],
         warmup_lr=cfg["sched"]["warmup_lr"], min_lr=cfg["sched"]["min_lr"],
@@ -163,6 +209,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                                           else None)
     if tcfg["compile"]:
         train_model = torch.compile(train_model)
+    clip_fn = (lambda: dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)) if clip_grad else None
+    graph_step = None  # captured at the first step (the batch shape is known then)
 
     start_epoch, start_step, history, best = 0, 0, [], {"val_top1": -1.0, "epoch": -1}
     partial = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
@@ -228,20 +276,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             if tcfg["channels_last"]:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = (step + 1) % grad_accum == 0 or step + 1 == len(batches)
-            skip_allreduce = world > 1 and not sync and hasattr(train_model, "no_sync")
-            no_sync = train_model.no_sync if skip_allreduce else nullcontext
-            with no_sync(), autocast_ctx(tcfg["amp"], device):
-                loss = criterion(train_model(images), target)
+            if use_graph:
+                if graph_step is None:
+                    graph_step = capture_train_step(model, optimizer, criterion, images, target, tcfg["amp"],
+                                                    clip_fn, cfg)
+                loss = graph_step(images, target)  # forward, backward, clipping and the optimizer step
+            else:
+                skip_allreduce = world > 1 and not sync and hasattr(train_model, "no_sync")
+                no_sync = train_model.no_sync if skip_allreduce else nullcontext
+                with no_sync(), autocast_ctx(tcfg["amp"], device):
+                    loss = criterion(train_model(images), target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}")
-            scaler.scale(loss / grad_accum).backward()
+            if not use_graph:
+                scaler.scale(loss / grad_accum).backward()
             if sync:
-                if clip_grad:
-                    scaler.unscale_(optimizer)
-                    dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                if not use_graph:
+                    if clip_grad:
+                        scaler.unscale_(optimizer)
+                        clip_fn()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
                 update = epoch * updates_per_epoch + (step + 1) // grad_accum
                 scheduler.step_update(num_updates=update)
                 if ema is not None:

@@ -64,6 +64,7 @@ DEFAULTS: Dict[str, Any] = {
         "grad_checkpointing": False,
         "ema_decay": 0.0,  # 0 disables EMA
         "compile": False,
+        "cuda_graph": False,  # capture the whole step (fwd, loss, bwd, clip, optimizer) once, replay it (CUDA only)
         "seed": 0,
         "deterministic": False,
         "loss": "ce",  # "ce" (cross-entropy; soft-target CE under mixup) | "bce" (timm BinaryCrossEntropy)
@@ -148,6 +149,7 @@ CHOICES = {
     ("data", "dataset"): ("digits", "imagefolder"),
     ("optim", "clip_mode"): ("norm", "value", "agc"),
     ("train", "amp"): ("none", "bf16", "fp16"),
+    ("train", "cuda_graph"): (False, True),
     ("train", "loss"): ("ce", "bce"),
 }
 
@@ -155,7 +157,7 @@ CHOICES = {
 def check_values(cfg: Dict[str, Any]) -> Dict[str, Any]:
     for (section, key), allowed in CHOICES.items():
         if cfg[section][key] not in allowed:
-            raise ConfigError(f"config key '{section}.{key}' must be one of {', '.join(allowed)}; "
+            raise ConfigError(f"config key '{section}.{key}' must be one of {', '.join(map(str, allowed))}; "
                               f"got {cfg[section][key]!r}")
     if not isinstance(cfg["model"]["name"], str) or not cfg["model"]["name"]:
         raise ConfigError(f"config key 'model.name' must be a model name, got {cfg['model']['name']!r}")

@@ -47,9 +47,11 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
     if bn.training or bn.running_var is None or conv.padding_mode != "zeros":
         return bn(conv(x))
     dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
+    # num_batches_tracked: a training forward updates the running statistics without bumping their versions, but
+    # it bumps this counter's (an in-place add in BatchNorm's Python forward)
     folded = cached_from_weights(
-        (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var), ("conv_bn", bn.eps, dtype),
-        lambda: _folded(conv, bn, dtype))
+        (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked),
+        ("conv_bn", bn.eps, dtype), lambda: _folded(conv, bn, dtype))
     if folded is None:  # e.g. fine-tuning with frozen statistics: gradients flow through both modules
         return bn(conv(x))
     weight, bias = folded

@@ -6,26 +6,35 @@ neighborhood op a pad and a gather, three launches and about 0.1 ms of host time
 model's step on a host-bound GPU. This cache keeps the derived tensor until any weight it came from changes.
 
 Validity rests on three checks, all cheap:
-- the weights' version counters (every in-place update, ``load_state_dict`` and optimizer steps included, bumps them);
+- the weights' version counters. Every in-place torch op, ``load_state_dict`` and the foreach / for-loop optimizer
+  steps bump them. Some writers do not: torch's fused optimizers (``fused=True``), BatchNorm's running statistics in a
+  training forward, CUDA graph replays, writes through ``.data``. So this module registers a global optimizer
+  step post-hook that bumps the versions of every parameter an optimizer holds, :func:`vitzoo.models._conv_bn.conv_bn`
+  keys on ``num_batches_tracked`` too (a training forward bumps it), and ``vitzoo.cuda_graph`` bumps after replays;
+  writes through ``.data`` stay invisible (as they are to autograd);
 - the identity of every weight's base tensor, held by weak reference, so a new tensor at a recycled address never
   hits an old entry; entries are dropped when the first weight's base tensor is freed;
 - each weight's view geometry (offset, shape, strides, dtype), so per-head slices of one tensor get their own entries.
 
-Nothing is cached while autograd records through a weight (training), under ``torch.compile`` tracing, or for
-inference-mode tensors (they have no version counter). Nothing is stored on the tensors themselves, so models stay
+Nothing is cached while autograd records through a weight (training), under ``torch.compile`` tracing, while a CUDA
+graph is being captured (the graph would keep reading the tensor cached at capture time after the weights change), or
+for inference-mode tensors (they have no version counter). Nothing is stored on the tensors themselves, so models stay
 picklable.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, Optional, Sequence, Tuple
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-__all__ = ["cached_from_weights", "clear_weight_cache"]
+__all__ = ["cached_from_weights", "clear_weight_cache", "weight_cache_enabled"]
 
 _Entry = Tuple[tuple, Tuple[weakref.ref, ...], Any]
 _CACHE: Dict[int, Dict[Hashable, _Entry]] = {}  # id(first weight's base) -> {key: (versions, base refs, value)}
+_ENABLED = True
 
 
 def _base(t: torch.Tensor) -> torch.Tensor:
@@ -33,7 +42,9 @@ def _base(t: torch.Tensor) -> torch.Tensor:
 
 
 def _cacheable(weights: Sequence[torch.Tensor]) -> bool:
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if not _ENABLED or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
         return False
     grad = torch.is_grad_enabled()
     return not any(t.is_inference() or (grad and t.requires_grad) for t in weights)
@@ -68,6 +79,28 @@ def cached_from_weights(weights: Sequence[Optional[torch.Tensor]], key: Hashable
         weakref.finalize(owner, _forget, id(owner))
     entries[full_key] = (versions, tuple(weakref.ref(b) for b in bases), value)
     return value
+
+
+def _bump_optimizer_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Optimizer step post-hook: the step wrote every parameter it holds in place, maybe without bumping versions
+    (fused kernels), so bump them here (one C++ call per param group)."""
+    for group in optimizer.param_groups:
+        torch.autograd.graph.increment_version([p for p in group["params"] if not p.is_inference()])
+
+
+_OPTIMIZER_HOOK = register_optimizer_step_post_hook(_bump_optimizer_params)
+
+
+@contextlib.contextmanager
+def weight_cache_enabled(enabled: bool) -> Iterator[None]:
+    """Switch the cache on or off inside the block (off: every call builds its own derived tensor, as under
+    training; e.g. to compare cached and uncached results)."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, enabled
+    try:
+        yield
+    finally:
+        _ENABLED = previous
 
 
 def clear_weight_cache() -> None:
