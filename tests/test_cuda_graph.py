@@ -86,3 +86,27 @@ def test_benchmark_graph_mode_needs_cuda(tmp_path):
                            "--mode", "graph", "--device", "cpu", "--out", str(tmp_path)],
                           env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--mode graph: CUDA graphs need a CUDA device, got --device cpu" in proc.stderr
+
+
+def test_graph_steps_run_the_zoo_norm_through_the_op_in_training(monkeypatch):
+    """Inside norm_kernels_in_training (a capture's warm-up and capture), LayerNorms that record autograd go through
+    vitzoo.ops.layer_norm (on the GPU the Triton forward and backward); outside, training keeps torch's norm."""
+    import vitzoo.models._norm as norm_module
+
+    calls = []
+    real = norm_module.layer_norm
+    monkeypatch.setattr(norm_module, "layer_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    norm = norm_module.LayerNorm(8)
+    nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    expected = torch.autograd.grad(nn.functional.layer_norm(x, (8,), norm.weight, norm.bias).square().sum(),
+                                   (x, norm.weight, norm.bias))
+    norm(x)
+    assert calls == []
+    with norm_module.norm_kernels_in_training():
+        got = torch.autograd.grad(norm(x).square().sum(), (x, norm.weight, norm.bias))
+    assert calls == [1]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    norm(x)
+    assert calls == [1]  # the switch is scoped to the block

@@ -318,22 +318,33 @@ def _gpu_short(row: Dict) -> str:
 
 
 def zoo_table(names: List[str], meas: Dict) -> str:
-    rows = ["| model | params (M) | top-1 (paper) | GPU | infer img/s | train img/s | reference infer / train img/s |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | params (M) | top-1 (paper) | GPU | infer img/s | train img/s | reference infer / train img/s | "
+            "CUDA graph: infer / train img/s | reference, CUDA graph |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         row = meas["by_model"].get(name) or {}
         _, ref = reference_of(name, meas)
         ref = ref or {}
         other_run = bool(row and ref and ref.get("_file") != row["_file"])
+        graph = meas["graph"].get(name) or {}
+        ref_graph = meas["graph"].get(ref.get("model")) or {} if ref.get("model") else {}
         rows.append(f"| [{name}](model_cards/{name}.md) | {exact_params(name) / 1e6:.2f} | "
                     f"{_num(REPORTED.get(name), '.1f')} | {_gpu_short(row) if row else '–'} | "
                     f"{_num(row.get('infer_img_s'), '.0f')} | {_num(row.get('train_img_s'), '.0f')} | "
                     f"{_num(ref.get('infer_img_s'), '.0f')} / {_num(ref.get('train_img_s'), '.0f')}"
-                    f"{' †' if other_run else ''} |")
+                    f"{' †' if other_run else ''} | {_pair(graph)} | {_pair(ref_graph)} |")
     dates = sorted({r["_env"]["date"] for r in meas["by_model"].values()})
     return (f"Measured with `tools/benchmark.py` ({', '.join(dates)}; bf16, channels_last, batch 256 / 128) on the GPU "
             f"named in each row; \"–\" = not measured yet; † = reference measured in another run (its card names the "
-            f"file). Cards: `model_cards/`.\n\n" + "\n".join(rows))
+            f"file). The CUDA-graph columns are whole-step CUDA graphs (`--mode graph`, `vitzoo.cuda_graph`) of the "
+            f"model and of its reference. Cards: `model_cards/`.\n\n" + "\n".join(rows))
+
+
+def _pair(row: Dict) -> str:
+    """"infer / train" img/s of a row, "–" when there is none."""
+    if not row:
+        return "–"
+    return f"{_num(row.get('infer_img_s'), '.0f')} / {_num(row.get('train_img_s'), '.0f')}"
 
 
 def render(measurements: List[str]):
