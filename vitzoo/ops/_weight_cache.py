@@ -83,7 +83,10 @@ def cached_from_weights(weights: Sequence[Optional[torch.Tensor]], key: Hashable
 
 def _bump_optimizer_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Optimizer step post-hook: the step wrote every parameter it holds in place, maybe without bumping versions
-    (fused kernels), so bump them here (one C++ call per param group)."""
+    (fused kernels), so bump them here (one C++ call per param group). Not while dynamo traces a compiled step:
+    the cache is never used under compilation anyway."""
+    if torch.compiler.is_compiling():
+        return
     for group in optimizer.param_groups:
         torch.autograd.graph.increment_version([p for p in group["params"] if not p.is_inference()])
 
