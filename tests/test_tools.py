@@ -197,6 +197,9 @@ MAXVIT = "model.kwargs={embed_dim: [32, 32, 32, 32], depths: [1, 1, 1, 1], img_s
 SUBPROCESS = {"train_bad_yaml", "validate_missing_checkpoint", "benchmark_image_size"}
 
 
+GRAPH = ["--device", "cpu", "--set", "train.cuda_graph=true"]  # the checks run before any data is read
+
+
 def _bad_cases(tmp):
     """name -> (tool, argv, expected text in the error line)."""
     out = ["--set", f"output.dir={tmp}/out", "--set", "output.progress=false"]
@@ -217,6 +220,15 @@ def _bad_cases(tmp):
         "train_bad_choice": ("train", ["--config", QUICKSTART, "--set", "train.amp=fp8"],
                              "config key 'train.amp' must be one of none, bf16, fp16"),
         "train_missing_config": ("train", ["--config", os.path.join(tmp, "nope.yaml")], "config file not found"),
+        "train_cuda_graph_with_fp16": ("train", ["--config", QUICKSTART, *out, *GRAPH, "--set", "train.amp=fp16"],
+                                       "train.cuda_graph: true does not combine with train.amp fp16"),
+        "train_cuda_graph_with_grad_accum": ("train", ["--config", QUICKSTART, *out, *GRAPH, "--set",
+                                                       "train.grad_accum=2"],
+                                             "train.cuda_graph: true does not combine with train.grad_accum 2"),
+        "train_cuda_graph_on_cpu": ("train", ["--config", QUICKSTART, *out, *GRAPH],
+                                    "train.cuda_graph: true needs a CUDA device, got cpu"),
+        "train_cuda_graph_bad_value": ("train", ["--config", QUICKSTART, "--set", "train.cuda_graph=maybe"],
+                                       "config key 'train.cuda_graph' must be one of False, True"),
         "train_image_size": ("train", ["--config", QUICKSTART, *out, "--set", "model.name=vz_maxvit_tiny_224",
                                        "--set", MAXVIT], "input size (32, 32) is not supported: MaxViT"),
         "train_resume_without_checkpoint": ("train", ["--config", QUICKSTART, *out, "--resume"],
@@ -239,6 +251,9 @@ def _bad_cases(tmp):
                                                f"{tmp}/bench"],
                                  "vz_halonet_h1: HaloNet input height and width must be multiples of"),
         "benchmark_nothing_to_do": ("benchmark", ["--out", f"{tmp}/bench"], "nothing to benchmark"),
+        "benchmark_graph_on_cpu": ("benchmark", ["--models", "nat_mini", "--mode", "graph", "--device", "cpu", "--out",
+                                                 f"{tmp}/bench"],
+                                   "--mode graph: CUDA graphs need a CUDA device, got --device cpu"),
         "benchmark_unknown_competitor": ("benchmark", ["--models", "official:agent_pvt_x", "--out", f"{tmp}/bench"],
                                          "--models 'official:agent_pvt_x' is not a known competitor; known: "),
         "profile_wrong_model_name": ("profile_step", ["--models", "nat_minni", "--out", f"{tmp}/prof"],

@@ -43,7 +43,7 @@ import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
 from competitors import COMPETITORS, create_competitor, is_competitor  # noqa: E402
-from vitzoo.tools_common import (UserError, autocast_ctx, check_model_name, run_cli, to_channels_last,  # noqa: E402
+from vitzoo.tools_common import (UserError, amp_dtype, autocast_ctx, check_model_name, run_cli, to_channels_last,  # noqa: E402
                                  write_rows_csv)
 
 # vitzoo model -> the timm model (or ``official:<name>`` competitor) it is compared with, where one exists
@@ -131,7 +131,6 @@ def _time_windows(fn, windows: int, iters: int, device) -> float:
 
 MODES = {"eager": ["eager"], "compile": ["compile"], "graph": ["graph"], "both": ["eager", "compile"],
          "all": ["eager", "compile", "graph"]}
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def _reset_peak(device) -> None:
@@ -174,7 +173,7 @@ def bench_model(name: str, args, device, mode: str = "eager") -> Dict:
     if not args.skip_infer:
         try:
             _reset_peak(device)  # graphs: the capture's allocations are the replays' memory, so count from here
-            run = functools.partial(GraphedForward(model.eval(), x, AMP_DTYPES[args.dtype]), x) if graph else infer
+            run = functools.partial(GraphedForward(model.eval(), x, amp_dtype(args.dtype)), x) if graph else infer
             for _ in range(args.warmup):
                 run()
             if not graph:
@@ -209,7 +208,7 @@ def bench_model(name: str, args, device, mode: str = "eager") -> Dict:
         run = None
         try:
             _reset_peak(device)
-            run = functools.partial(GraphedTrainStep(model, opt, loss_fn, xt, target, AMP_DTYPES[args.dtype]), xt,
+            run = functools.partial(GraphedTrainStep(model, opt, loss_fn, xt, target, amp_dtype(args.dtype)), xt,
                                     target) if graph else train_step
             for _ in range(args.warmup):
                 run()

@@ -40,7 +40,7 @@ from timm.scheduler import create_scheduler_v2  # noqa: E402
 import vitzoo  # noqa: E402,F401  (registers the vitzoo models with timm)
 from vitzoo.config import load_config  # noqa: E402
 from vitzoo.data import create_datasets  # noqa: E402
-from vitzoo.tools_common import (UserError, autocast_ctx, build_model, capture_rng,  # noqa: E402,F401
+from vitzoo.tools_common import (UserError, amp_dtype, autocast_ctx, build_model, capture_rng,  # noqa: E402,F401
                                  check_model_name, epoch_batches, evaluate, load_checkpoint_file,
                                  load_state_dict_or_explain, make_loader, restore_rng, run_cli, save_atomic,
                                  seed_everything, setup_distributed, to_channels_last)
@@ -132,9 +132,8 @@ def capture_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, crite
     """The whole step captured at the first batch's shape (every batch has it: batches are full)."""
     from vitzoo.cuda_graph import GraphedTrainStep
 
-    dtype = {"bf16": torch.bfloat16, "none": None}[amp]  # fp16 was refused by check_cuda_graph_setting
-    try:
-        return GraphedTrainStep(model, optimizer, criterion, images, target, dtype, clip_grad=clip_fn)
+    try:  # fp16 was refused by check_cuda_graph_setting
+        return GraphedTrainStep(model, optimizer, criterion, images, target, amp_dtype(amp), clip_grad=clip_fn)
     except (RuntimeError, ValueError) as exc:
         raise UserError(f"train.cuda_graph: capturing the train step of {cfg['model']['name']} with optim.name "
                         f"{cfg['optim']['name']!r} failed ({str(exc).splitlines()[0]}); set train.cuda_graph: false"
@@ -290,14 +289,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}")
             if not use_graph:
                 scaler.scale(loss / grad_accum).backward()
-            if sync:
-                if not use_graph:
+                if sync:
                     if clip_grad:
                         scaler.unscale_(optimizer)
                         clip_fn()
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
+            if sync:
                 update = epoch * updates_per_epoch + (step + 1) // grad_accum
                 scheduler.step_update(num_updates=update)
                 if ema is not None:

@@ -9,8 +9,8 @@ kernels with one host call, so the step costs its GPU time. Requirements, checke
 - an optimizer whose state lives on the GPU (torch's ``capturable=True``) and no GradScaler (it syncs every step);
 - autocast without its cache of cast weights, which would be filled once inside the capture.
 
-Warm-up and capture run inside :func:`vitzoo.models._norm.norm_kernels_in_training`: the zoo's LayerNorms then use
-the Triton forward and backward in training too. Eager training keeps torch's norm, whose host cost is lower; a replay
+A train step's warm-up and capture run inside :func:`vitzoo.models._norm.norm_kernels_in_training`: the zoo's
+LayerNorms then use the Triton forward and backward in training too (inference forwards always do). Eager training keeps torch's norm, whose host cost is lower; a replay
 has no host cost, and the kernels take about a tenth of the GPU time.
 
 Replays write parameters in place without going through the dispatcher, so their version counters would not move;
@@ -79,7 +79,7 @@ class GraphedForward:
         _require_cuda(example, "example")
         self.model, self.amp_dtype = model, amp_dtype
         self.static_input = example.clone()  # keeps the memory format (channels_last stays channels_last)
-        with torch.no_grad(), norm_kernels_in_training():
+        with torch.no_grad():
             with _side_stream():
                 for _ in range(warmup):
                     self._run()
@@ -124,7 +124,7 @@ class GraphedTrainStep:
         device = example_input.device
         # A float lr would be baked into the recorded kernels; a tensor is read at every replay.
         self._lr = [torch.tensor(float(g["lr"]), device=device) for g in optimizer.param_groups]
-        self._state_tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.device == device]
+        self._state_tensors = list(model.parameters()) + list(model.buffers())
 
         saved = self._snapshot(device)
         with self._lr_tensors(), norm_kernels_in_training(), warnings.catch_warnings():

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["UserError", "run_cli", "check_model_name", "build_model", "load_checkpoint_file",
-           "is_training_checkpoint", "state_dict_from_checkpoint", "autocast_ctx", "epoch_batches", "make_loader",
+           "is_training_checkpoint", "state_dict_from_checkpoint", "amp_dtype", "autocast_ctx", "epoch_batches", "make_loader",
            "evaluate", "load_state_dict_or_explain", "to_channels_last", "setup_distributed", "capture_rng",
            "restore_rng", "seed_everything", "save_atomic"]
 
@@ -240,12 +240,18 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------- data + eval
-def autocast_ctx(amp: str, device: torch.device):
+def amp_dtype(amp: Optional[str]) -> Optional[torch.dtype]:
+    """The autocast dtype an ``amp`` setting names; None for no autocast (None, "none", "fp32")."""
     if amp in (None, "none", "fp32"):
-        return nullcontext()
+        return None
     if amp not in ("bf16", "fp16"):
         raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast_ctx(amp: str, device: torch.device):
+    dtype = amp_dtype(amp)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def epoch_batches(n: int, batch: int, epoch: int, seed: int, shuffle: bool, rank: int, world: int,
