@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,7 +23,7 @@ from ._intmath import cdiv
 from ._neighborhood_common import MIN_DOT, next_pow2
 
 __all__ = ["TableGeometry", "table_geometry", "max_start_shift", "window_logit_table", "launch_table", "MAX_KEY_ROWS",
-           "window_block_row", "window_logit_block"]
+           "LogitBlock", "axis_tile_classes", "block_row", "block_dtype", "tile_logit_block"]
 
 MAX_KEY_ROWS = 8  # most union rows per forward key block (neighborhood_fwd.key_rows): the table covers its padding
 
@@ -125,49 +125,115 @@ def launch_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kern
     return geom, table, table.stride(0) if table.shape[0] > 1 else 0
 
 
-# ---- The dense window block: windows only (stride == kernel, one window per program)
+# ---- The dense logit block: tiles of one class share every logit
 #
-# When a program owns exactly one window, every query of it shares the window start, so a score's entry depends only
-# on the query's class and the key's lane in the forward's key block (``row * KEY_W + column`` inside the window).
-# A per-head block ``B[h, class, lane]`` then gives every query row 32 consecutive, 128-byte aligned floats per key
-# block, where the table gather above reads one misaligned float per score (ncu, H100: the window forward was
-# L1-bound on that gather, 17.8 of every 32 bytes per sector used). 7x7 windows + rpb at 56x56, B 64, 3 heads, bf16:
-# 0.165 -> 0.097 ms (kernels/README.md, eighth run).
+# A score's entry depends on the query's class (its slot in its window) and on the key relative to the query's window
+# start. Inside a query tile both follow from the query's slot in the tile and the key's lane in the forward's key
+# block (``union row * KEY_W + union column``), given the tile's per-axis *signature*: for each slot of the tile, its
+# class and its window start relative to the start of the tile's key union. Along one axis only a few signatures
+# occur (the first tile, the interior, one or two at the far border, per dilation group), so tiles fall into a few
+# *classes*, and a per-head block ``B[h, class, slot, lane]`` holds every logit the forward reads. Its rows give each
+# query contiguous, aligned lanes per key block (a 128-byte line of fp32), where the table above costs a gather of one
+# misaligned float per score (ncu, H100: the forward was L1-bound on that gather, 17.8 of every 32 bytes per sector
+# used). H100, bf16, B 64, d 32: NA 7x7 + rpb at 56x56, 3 heads 0.24 -> 0.14 ms (fp32 block), 0.12 ms (fp16); 7x7
+# windows 0.165 -> 0.097 ms (kernels/README.md, eighth and tenth runs).
 
 
-def window_block_row(kernel: Sequence[int], key_w: int) -> int:
-    """Row length of the window block: every lane a key block can read (the window's rows padded by up to
-    MAX_KEY_ROWS - 1 rows of the last block), rounded up to 32 floats (one 128-byte line per 32-lane block)."""
-    return cdiv((int(kernel[0]) + MAX_KEY_ROWS - 1) * key_w, 32) * 32
+class LogitBlock(NamedTuple):
+    """What the forward reads instead of the table: ``values`` (heads or 1, classes * BLOCK_M * row), fp32 or fp16,
+    in base-2 units, ``-inf`` outside each query's window; ``classes`` int32: the class index along y of every
+    (dilation group, tile) row, then along x of every (group, tile) column; the tile's block is
+    ``class_y * n_classes_x + class_x``."""
+    values: torch.Tensor
+    classes: torch.Tensor
+    n_classes_x: int
+    row: int  # floats per (class, slot) row: every lane a key block reads, a multiple of 32
+
+
+def _window_starts(glen: int, kernel: int, stride: int) -> List[int]:
+    """Sub-lattice window start of every query of a group of length ``glen`` (``_neighborhood_common.window_start``,
+    on the host)."""
+    leaders = [min((i // stride) * stride + stride // 2, glen - 1) for i in range(glen)]
+    return [min(max(lead - kernel // 2, 0), glen - kernel) for lead in leaders]
+
+
+@functools.lru_cache(maxsize=256)
+def axis_tile_classes(size: int, dilation: int, tile: int, kernel: int, stride: int
+                      ) -> Tuple[Tuple[int, ...], Tuple[Tuple[Tuple[int, int, bool], ...], ...]]:
+    """Along one axis: the class of every (dilation group, tile), groups outer, and each class's signature, per slot
+    ``(class in the window, window start - key-union start, slot holds a query)``. Tiles past a short group's end own
+    no query and read nothing; they get the all-empty signature."""
+    n_tiles = cdiv(cdiv(size, dilation), tile)
+    ids, signatures = [], {}
+    for group in range(dilation):
+        glen = cdiv(size - group, dilation)
+        starts = _window_starts(glen, kernel, stride)
+        for t0 in range(0, n_tiles * tile, tile):
+            union0 = starts[t0] if t0 < glen else 0
+            sig = tuple((i - starts[i], starts[i] - union0, True) if i < glen else (0, 0, False)
+                        for i in range(t0, t0 + tile))
+            ids.append(signatures.setdefault(sig, len(signatures)))
+    return tuple(ids), tuple(signatures)
+
+
+def block_row(signatures_y: Sequence[Tuple[Tuple[int, int, bool], ...]], kernel_y: int, key_w: int) -> int:
+    """Row length of the block: the widest key union (rows) plus the last key block's padding of up to
+    MAX_KEY_ROWS - 1 rows, times KEY_W, rounded up to 32 floats (one 128-byte line per 32-lane block)."""
+    union_rows = max([offset + kernel_y for sig in signatures_y for _, offset, valid in sig if valid], default=1)
+    return cdiv((union_rows + MAX_KEY_ROWS - 1) * key_w, 32) * 32
 
 
 @functools.lru_cache(maxsize=64)
-def _block_index(kernel: Tuple[int, int], key_w: int, device: torch.device
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(valid mask, rpb index, dense-bias index), each (kh*kw * row,) over [class (ly, lx), lane], pointing into the
-    flattened per-head rpb / bias with one extra ``-inf`` column (as :func:`_table_index`)."""
-    kh, kw = kernel
-    row = window_block_row(kernel, key_w)
-    ly, lx, lane = torch.meshgrid(torch.arange(kh), torch.arange(kw), torch.arange(row), indexing="ij")
-    return _entry_index(kernel, ly, lx, lane // key_w, lane % key_w, device)
+def _block_index(kernel: Tuple[int, int], dilation: Tuple[int, int], stride: Tuple[int, int], tile: Tuple[int, int],
+                 size: Tuple[int, int], key_w: int, device: torch.device):
+    """(valid, rpb index, dense-bias index) over [class_y, class_x, slot, lane] (as :func:`_table_index`), the
+    classes lookup, the number of x classes and the row length."""
+    ids_y, sig_y = axis_tile_classes(size[0], dilation[0], tile[0], kernel[0], stride[0])
+    ids_x, sig_x = axis_tile_classes(size[1], dilation[1], tile[1], kernel[1], stride[1])
+    row = block_row(sig_y, kernel[0], key_w)
+    slots = torch.arange(max(MIN_DOT, next_pow2(tile[0] * tile[1])))
+    slot_y, slot_x = (slots // tile[1]).clamp(max=tile[0] - 1), slots % tile[1]
+    lanes = torch.arange(row)
+    per_y = torch.tensor(sig_y)[:, slot_y]  # (classes y, slots, 3)
+    per_x = torch.tensor(sig_x)[:, slot_x]
+    ly, lx = per_y[:, None, :, None, 0], per_x[None, :, :, None, 0]
+    ra = (lanes // key_w)[None, None, None, :] - per_y[:, None, :, None, 1]
+    rb = (lanes % key_w)[None, None, None, :] - per_x[None, :, :, None, 1]
+    # padding slots and slots without a query read -inf everywhere
+    has_query = per_y[:, None, :, None, 2].bool() & per_x[None, :, :, None, 2].bool() & (slots < tile[0] * tile[1])[
+        None, None, :, None]
+    shape = (len(sig_y), len(sig_x), len(slots), row)
+    ra = torch.where(has_query, ra, -1)
+    valid, rpb_idx, bias_idx = _entry_index(kernel, *(t.expand(shape) for t in (ly, lx, ra, rb)), device)
+    classes = torch.tensor(ids_y + ids_x, dtype=torch.int32, device=device)
+    return valid, rpb_idx, bias_idx, classes, len(sig_x), row
 
 
 @functools.lru_cache(maxsize=64)
-def _mask_block(kernel: Tuple[int, int], key_w: int, device: torch.device) -> torch.Tensor:
-    valid = _block_index(kernel, key_w, device)[0]
-    return torch.where(valid, 0.0, -math.inf).to(torch.float32)[None]
+def _mask_block(kernel, dilation, stride, tile, size, key_w, device, dtype) -> LogitBlock:
+    valid, _, _, classes, n_classes_x, row = _block_index(kernel, dilation, stride, tile, size, key_w, device)
+    return LogitBlock(torch.where(valid, 0.0, -math.inf).to(dtype)[None], classes, n_classes_x, row)
 
 
-def window_logit_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
-                       key_w: int, device: torch.device) -> torch.Tensor:
-    """(heads or 1, kh*kw * row) float32 contiguous: ``(rpb + bias) * log2(e)`` (already in the kernel's base-2
-    units) at ``[class, lane]`` inside the window, ``-inf`` at every other lane. Without rpb and bias: one cached
-    0 / -inf block shared by all heads."""
-    kernel = (int(kernel[0]), int(kernel[1]))
+def block_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The block's storage: fp32 for fp32 inputs (the table's exact logits), fp16 for 16-bit inputs. At fp32 the
+    block was 2/3 of the bytes a key step loads (64 x 64 floats against two 64 x 32 half tiles); fp16 halves that
+    (NA 7x7 56x56 forward, H100: 0.144 -> 0.130 ms with bf16 storage). Its rounding, relative 2^-11 of the bias
+    only, is 4x finer than the bf16 rounding torch's autocast applies to the whole logit q.k."""
+    return torch.float32 if input_dtype == torch.float32 else torch.float16
+
+
+def tile_logit_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
+                     dilation: Sequence[int], stride: Sequence[int], tile: Sequence[int], size: Sequence[int],
+                     key_w: int, device: torch.device, dtype: torch.dtype = torch.float32) -> LogitBlock:
+    """The forward's dense logit block for a (size, dilation, stride, tile) geometry: ``(rpb + bias) * log2(e)`` (the
+    kernels' base-2 units) in each query's window, ``-inf`` elsewhere, stored in ``dtype`` (:func:`block_dtype`).
+    Without rpb and bias: one cached 0 / -inf block shared by all heads."""
+    geometry = tuple((int(a[0]), int(a[1])) for a in (kernel, dilation, stride, tile, size))
     if rpb is None and bias is None:
-        return _mask_block(kernel, key_w, device)
-    _, rpb_idx, bias_idx = _block_index(kernel, key_w, device)
-    block = None if rpb is None else _gather(rpb, rpb_idx)
+        return _mask_block(*geometry, key_w, device, dtype)
+    _, rpb_idx, bias_idx, classes, n_classes_x, row = _block_index(*geometry, key_w, device)
+    values = None if rpb is None else _gather(rpb, rpb_idx)
     if bias is not None:
-        block = _gather(bias, bias_idx) if block is None else block + _gather(bias, bias_idx)
-    return block * math.log2(math.e)  # the kernels' LOG2E
+        values = _gather(bias, bias_idx) if values is None else values + _gather(bias, bias_idx)
+    return LogitBlock((values * math.log2(math.e)).to(dtype), classes, n_classes_x, row)  # the kernels' LOG2E

@@ -6,8 +6,10 @@ windows (tile + kernel halo, in dilated sub-lattice coordinates) straight from t
 index arithmetic, as 2-D blocks of ``KEY_ROWS`` union rows by ``KEY_W`` columns, and runs an fp32 online softmax
 (base 2). Window masks, the relative position bias and the dense bias all come from one gather per score out of the
 window-logit table (``_neighborhood_table.py``: ``-inf`` outside the query's window), indexed by a single
-subtraction ``key code - query code``. It writes the output and the per-query log-sum-exp (base 2) that the
-backward kernels reuse. Nothing of size (N, N) or (N, kernel) ever reaches HBM.
+subtraction ``key code - query code``, or, with ``LOGIT_BLOCK``, from the dense block of the tile's class (aligned
+rows, no gather; inference and fixed weights, because the backward kernels index the table). It writes the output
+and the per-query log-sum-exp (base 2) that the backward kernels reuse. Nothing of size (N, N) or (N, kernel) ever
+reaches HBM.
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ from ._intmath import cdiv
 from . import _neighborhood_common as common
 from ._neighborhood_common import (INTERPRET, MAX, MIN_DOT, SUM, LOG2E, key_block_columns, key_union, next_pow2,
                                    query_code, tile_origin, value_block)
-from ._neighborhood_table import (MAX_KEY_ROWS, TableGeometry, launch_table, table_geometry, window_block_row,
-                                 window_logit_block)
+from ._neighborhood_table import (MAX_KEY_ROWS, LogitBlock, TableGeometry, block_dtype, launch_table,
+                                 table_geometry, tile_logit_block)
 from ._launch import launch
 from ._tuning import autotune_enabled
 
 __all__ = ["neighborhood_fwd", "query_tile", "tile_grid", "tiled_launch", "TiledLaunch", "dot_precision", "MIN_DOT",
-           "uses_window_block", "logit_table", "window_block"]
+           "logit_block"]
 
 # Queries per program in the sliding-window case: an 8x8 tile reads a (8+k-1)^2 key union for 64 queries.
 NA_TILE = (8, 8)
@@ -53,6 +55,7 @@ _CONFIGS = [
     triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),  # best table config at 56x56 (0.242 vs 0.250 ms)
 ]
 
 
@@ -62,39 +65,44 @@ def key_rows(nargs) -> int:
     return min(MAX_KEY_ROWS, max(1, nargs["BLOCK_N"] // nargs["KEY_W"]))
 
 
-# Untuned default (VITZOO_AUTOTUNE=0 on a GPU) of the window-block path: 64-key blocks, two stages. H100, bf16, 7x7
-# windows + rpb (kernels/measurements/h100_na_fwd_variants_2026-11-24h.json): 56x56 0.097 ms vs 0.14-0.19 with the
-# others; 28x28 and 14x14 the same order.
-WINDOW_BLOCK_DEFAULT = 2
-assert _CONFIGS[WINDOW_BLOCK_DEFAULT].kwargs["BLOCK_N"] == 64 and _CONFIGS[WINDOW_BLOCK_DEFAULT].num_stages == 2
+# Untuned defaults (VITZOO_AUTOTUNE=0 on a GPU) of the logit-block path, by the block's storage. H100, bf16 inputs,
+# d 32, B 64, ten NA / window / grid / dense-bias cases (kernels/measurements/h100_na_block_sweep_2026-11-24k.json):
+# fp32 blocks: 64-key blocks, 2 stages, within 0.5 % of each case's best on average; fp16 blocks: 32-key blocks, 2
+# stages, within 2.6 % (NA 7x7 56x56: 0.121 ms against 0.130 with 64-key blocks).
+LOGIT_BLOCK_DEFAULT = {torch.float32: 2, torch.float16: 1}
+assert [_CONFIGS[i].kwargs["BLOCK_N"] for i in LOGIT_BLOCK_DEFAULT.values()] == [64, 32]
 
 
 def _prune(configs: list, named_args: dict, **kwargs) -> list:
-    """All configs when autotuning; otherwise the first, or the window-block default (under the interpreter the
-    list holds the first config only)."""
+    """All configs when autotuning; otherwise the first, or the logit-block default for the block's storage (under
+    the interpreter the list holds the first config only)."""
     if autotune_enabled() or len(configs) == 1:
         return configs
-    return [configs[WINDOW_BLOCK_DEFAULT if kwargs.get("WINDOW_BLOCK") else 0]]
+    if not kwargs.get("LOGIT_BLOCK"):
+        return [configs[0]]
+    return [configs[LOGIT_BLOCK_DEFAULT[named_args["TAB"].dtype]]]
 
 
 @triton.autotune(
     configs=_CONFIGS if not INTERPRET else _CONFIGS[:1],
     key=["H", "W", "NHEADS", "DIL_Y", "DIL_X", "KH", "KW", "SH", "SW", "TILE_Y", "TILE_X", "HEAD_DIM", "V_DIM",
-         "WINDOW_BLOCK"],
+         "LOGIT_BLOCK"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.heuristics({"KEY_ROWS": key_rows})
 @triton.jit
 def _neighborhood_fwd_kernel(
     Q, K, V, O, LSE,
-    TAB,  # window-logit table (heads or 1, KH*KW * TAB_ROWS * TAB_COLS), or with WINDOW_BLOCK the dense window block
-          # (heads or 1, KH*KW classes * BLOCK_ROW lanes), already in base-2 units (_neighborhood_table.py)
+    TAB,  # window-logit table (heads or 1, KH*KW * TAB_ROWS * TAB_COLS), or with LOGIT_BLOCK the dense logit block
+          # (heads or 1, tile classes * BLOCK_M * BLOCK_ROW), already in base-2 units (_neighborhood_table.py)
+    CLASSES,  # LOGIT_BLOCK: int32 tile class along y per (group, tile row), then along x per (group, tile column)
     stride_qb, stride_qy, stride_qx, stride_qh, stride_qd,
     stride_kb, stride_ky, stride_kx, stride_kh, stride_kd,
     stride_vb, stride_vy, stride_vx, stride_vh, stride_vd,
     stride_ob, stride_oy, stride_ox, stride_oh, stride_od,
     stride_th,  # TAB's head stride (0: one table for every head)
     H, W, NHEADS, DIL_Y, DIL_X, TILES_Y, TILES_X,
+    N_CLASSES_X,  # LOGIT_BLOCK: tile classes along x
     qk_scale,  # softmax scale * log2(e)
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
@@ -102,7 +110,7 @@ def _neighborhood_fwd_kernel(
     KEY_W: tl.constexpr,  # key-block width, >= any tile's key-union width
     HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, V_BLOCK: tl.constexpr,  # value head dim, padded to a power of 2
     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_ROWS: tl.constexpr,
-    WINDOW_BLOCK: tl.constexpr, BLOCK_ROW: tl.constexpr,
+    LOGIT_BLOCK: tl.constexpr, BLOCK_ROW: tl.constexpr,
 ):
     # ---- which (batch, head, dilation group, tile) this program owns
     b, h, gy, gx, ty0, tx0, glen_y, glen_x = tile_origin(tl.program_id(0), H, W, NHEADS, DIL_Y, DIL_X, TILES_Y,
@@ -131,10 +139,10 @@ def _neighborhood_fwd_kernel(
     k_base = K + b64 * stride_kb + h * stride_kh
     v_base = V + b64 * stride_vb + h * stride_vh
     tab = TAB + h * stride_th
-    if WINDOW_BLOCK:
-        # One window per program (tile == kernel): query m sits in slot m + cls0 of the window every query shares.
-        cls0 = (ty0 - key_y0) * KW + (tx0 - key_x0)
-        tab_rows = tab + tl.where(q_valid, offs_m + cls0, cls0) * BLOCK_ROW
+    if LOGIT_BLOCK:
+        cls = (tl.load(CLASSES + gy * TILES_Y + ty0 // TILE_Y) * N_CLASSES_X
+               + tl.load(CLASSES + DIL_Y * TILES_Y + gx * TILES_X + tx0 // TILE_X))
+        tab_rows = tab + (cls * BLOCK_M + offs_m) * BLOCK_ROW
 
     offs_n, kxi, kx, kx_in = key_block_columns(key_x0, gx, glen_x, DIL_X, KEY_ROWS, KEY_W)
 
@@ -149,8 +157,8 @@ def _neighborhood_fwd_kernel(
         kt = tl.load(k_base + ky[None, :] * stride_ky + kx[None, :] * stride_kx + offs_d[:, None] * stride_kd,
                      mask=k_in[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
-        if WINDOW_BLOCK:
-            s += tl.load(tab_rows[:, None] + (r0 * KEY_W + offs_n)[None, :])  # aligned rows, base-2 units
+        if LOGIT_BLOCK:
+            s += tl.load(tab_rows[:, None] + (r0 * KEY_W + offs_n)[None, :]).to(tl.float32)  # aligned, base 2
         else:
             s += tl.load(tab + ((kyi * TAB_COLS + kxi)[None, :] - q_code[:, None])) * LOG2E
         m_new = tl.maximum(m_i, tl.reduce(s, 1, MAX))
@@ -208,26 +216,15 @@ def tiled_launch(q: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], 
                        constexprs)
 
 
-def uses_window_block(kernel: Sequence[int], stride: Sequence[int]) -> bool:
-    """Whether one program owns exactly one window (stride == kernel, window tile): the forward can then read the
-    dense window block (``_neighborhood_table.window_logit_block``) instead of the window-logit table."""
-    kernel = (int(kernel[0]), int(kernel[1]))
-    return query_tile(kernel, stride) == kernel
-
-
-def logit_table(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
-                stride: Sequence[int], device: torch.device) -> torch.Tensor:
-    """The window-logit table the forward reads for these weights (what ``table=`` takes)."""
+def logit_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
+                dilation: Sequence[int], stride: Sequence[int], size: Sequence[int], device: torch.device,
+                input_dtype: torch.dtype) -> LogitBlock:
+    """The dense logit block the forward reads for these weights on a ``size`` = (H, W) map and q / k / v of
+    ``input_dtype`` (what ``block=`` takes)."""
     kernel, stride = (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1]))
-    return launch_table(rpb, bias, kernel, stride, query_tile(kernel, stride), device)[1]
-
-
-def window_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Sequence[int],
-                 stride: Sequence[int], device: torch.device) -> torch.Tensor:
-    """The dense window block the forward reads for these weights (windows only, see :func:`uses_window_block`)."""
-    kernel, stride = (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1]))
-    key_w = table_geometry(kernel, stride, query_tile(kernel, stride)).key_w
-    return window_logit_block(rpb, bias, kernel, key_w, device)
+    tile = query_tile(kernel, stride)
+    key_w = table_geometry(kernel, stride, tile).key_w
+    return tile_logit_block(rpb, bias, kernel, dilation, stride, tile, size, key_w, device, block_dtype(input_dtype))
 
 
 def neighborhood_fwd(
@@ -240,33 +237,43 @@ def neighborhood_fwd(
     dilation: Sequence[int],
     stride: Sequence[int],
     scale: float,
-    table: Optional[torch.Tensor] = None,
-    block: Optional[torch.Tensor] = None,
+    block: Optional[LogitBlock] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Launch the forward kernel. q, k: (B, H, W, heads, d), v: (B, H, W, heads, d_v), any strides, one dtype.
     Returns the output (B, H, W, heads, d_v) in q's dtype, the base-2 log-sum-exp (B, heads, H, W) float32 and the
     window-logit table it read (the backward kernels take it instead of building it again), or None when it read a
-    dense window block.
+    dense logit block.
 
-    ``table``: a window-logit table already built for these rpb / bias / kernel / stride
-    (``_neighborhood_table.window_logit_table``). ``block``: the dense window block (:func:`window_block`; windows
-    only), e.g. cached by the caller for fixed weights. Windows without rpb and bias always read the cached mask
-    block."""
+    ``block``: the dense logit block (:func:`logit_block`) for these
+    weights and this geometry, e.g. cached by the caller for fixed weights. Without rpb and bias the forward always
+    reads the cached mask block."""
     batch, height, width, heads, _ = q.shape
-    if block is None and table is None and rpb is None and bias is None and uses_window_block(kernel, stride):
-        block = window_block(None, None, kernel, stride, q.device)
-    if block is not None and not uses_window_block(kernel, stride):
-        raise ValueError(f"a dense window block needs stride == kernel with one window per program, got kernel "
-                         f"{tuple(kernel)} and stride {tuple(stride)}")
+    if block is None and rpb is None and bias is None:
+        block = logit_block(None, None, kernel, dilation, stride, (height, width), q.device, q.dtype)
     out = common.alloc((batch, height, width, heads, v.shape[-1]), device=q.device, dtype=q.dtype)
     lse = common.alloc((batch, heads, height, width), device=q.device, dtype=torch.float32)
-    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, table if block is None else block)
+    t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, None if block is None else block.values)
+    block_m = max(MIN_DOT, next_pow2(t.constexprs["TILE_Y"] * t.constexprs["TILE_X"]))
+    if block is not None:
+        _check_block(block, t, block_m)
     launch(_neighborhood_fwd_kernel, (t.n_programs,),
-        q, k, v, out, lse, t.table,
+        q, k, v, out, lse, t.table, t.table if block is None else block.classes,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *t.grid_args,
+        0 if block is None else block.n_classes_x,
         scale * LOG2E,
-        **t.constexprs, KEY_W=t.geom.key_w,
-        BLOCK_M=max(MIN_DOT, next_pow2(t.constexprs["TILE_Y"] * t.constexprs["TILE_X"])),
-        WINDOW_BLOCK=block is not None, BLOCK_ROW=window_block_row(kernel, t.geom.key_w),
+        **t.constexprs, KEY_W=t.geom.key_w, BLOCK_M=block_m,
+        LOGIT_BLOCK=block is not None, BLOCK_ROW=0 if block is None else block.row,
     )
     return out, lse, t.table if block is None else None
+
+
+def _check_block(block: LogitBlock, t: TiledLaunch, block_m: int) -> None:
+    """A block built for another map size, dilation or head count would be read out of bounds: refuse it."""
+    _, _, _, heads, dil_y, dil_x, tiles_y, tiles_x = t.grid_args
+    n_classes = block.values.shape[-1] // (block_m * block.row) if block.values.dim() == 2 else -1
+    if (block.classes.numel() != dil_y * tiles_y + dil_x * tiles_x or block.values.shape[0] not in (1, heads)
+            or block.values.shape[-1] != n_classes * block_m * block.row
+            or n_classes % max(block.n_classes_x, 1) != 0):
+        raise ValueError(f"the logit block does not fit this call's geometry (heads {heads}, dilation "
+                         f"{(dil_y, dil_x)}, {tiles_y}x{tiles_x} tiles): build it with logit_block() for the same "
+                         f"map size, kernel, dilation and stride")

@@ -127,8 +127,9 @@ def main() -> None:
                 out, q, k, v, out, lse, rpb, bias, kernel, dilation, 0.1, *tables[:5])
         neighborhood_bwd_dkdv.neighborhood_bwd_dkdv(out, q, k, v, lse, delta, rpb, bias, kernel, dilation, stride,
                                                     0.1, table)
-        if neighborhood_fwd.uses_window_block(kernel, stride) and (has_rpb or has_bias):  # the inference path
-            block = neighborhood_fwd.window_block(rpb, bias, kernel, stride, q.device)
+        if has_rpb or has_bias:  # the inference path: the dense logit block
+            block = neighborhood_fwd.logit_block(rpb, bias, kernel, dilation, stride, (height, width), q.device,
+                                                 q.dtype)
             neighborhood_fwd.neighborhood_fwd(q, k, v, rpb, bias, kernel, dilation, stride, 0.1, block=block)
 
 

@@ -120,6 +120,31 @@ def test_forward_backward_fp32(name):
     _check(shape, kernel, dilation, stride, rpb, bias)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("name", list(CASES))
+def test_inference_forward_reads_the_logit_block(name, dtype, monkeypatch):
+    """No-grad calls read the dense logit block of each tile's class (every border class, dilation group and stride
+    of the cases); checked against the float64 brute force."""
+    from vitzoo.kernels import neighborhood_fwd as fwd
+    from vitzoo.ops._weight_cache import clear_weight_cache
+
+    shape, kernel, dilation, stride, rpb, bias = CASES[name]
+    built = []
+    real = fwd.tile_logit_block
+    monkeypatch.setattr(fwd, "tile_logit_block", lambda *args: built.append(1) or real(*args))
+    clear_weight_cache()
+    tensors = _inputs(shape, kernel, None, rpb, bias)
+    q, k, v, rpb_t, bias_t = tensors
+    with torch.no_grad():
+        out = _triton(q.to(dtype), k.to(dtype), v.to(dtype), kernel, dilation, stride, rpb_t, bias_t)
+    ref = brute_force(q.double(), k.double(), v.double(), kernel, dilation, stride,
+                      *(None if t is None else t.double() for t in (rpb_t, bias_t)))
+    err = float((out.double() - ref).norm() / ref.norm())
+    assert err < (2e-5 if dtype == torch.float32 else 4e-3), err
+    assert built, "the no-grad forward did not read the logit block"
+    clear_weight_cache()
+
+
 def test_fp16_strided_inputs_and_v_dim():
     _check((1, 9, 11, 2, 32), (3, 3), (2, 1), (2, 1), rpb=True, bias=True, dtype=torch.float16, strided=True)
     _check((1, 7, 9, 1, 16), (3, 3), (1, 1), (3, 3), dtype=torch.float16, v_dim=32)
@@ -327,23 +352,44 @@ def test_window_table_covers_every_lookup(kernel, stride, tile, glen):
                     assert (table[off] == 0) == inside, ("dkdv", ty0, tx0, kyi, kxi, qyi, qxi)
 
 
-@pytest.mark.parametrize("config_index", range(4))
+@pytest.mark.parametrize("config_index", range(5))
 def test_forward_every_autotune_config(config_index, monkeypatch):
     """CI runs only the first autotune config; the others (taller key blocks, more row padding) must be exact too:
-    the forward pinned to each config, on sliding windows at the borders, dilated, and windows with a dense bias."""
+    the forward pinned to each config, on sliding windows at the borders, dilated, and windows with a dense bias,
+    reading the window-logit table (weights that need gradients) and the dense logit block (fixed weights)."""
     from vitzoo.kernels import neighborhood_fwd as fwd
 
-    assert len(fwd._CONFIGS) == 4  # keep the parametrization in step with the config list
+    assert len(fwd._CONFIGS) == 5  # keep the parametrization in step with the config list
     config = fwd._CONFIGS[config_index]
     monkeypatch.setattr(fwd._neighborhood_fwd_kernel, "configs", [config])
     for shape, kernel, dilation, stride, rpb, bias in [((1, 13, 11, 2, 16), (7, 7), (1, 1), (1, 1), True, False),
                                                        ((1, 12, 10, 1, 16), (3, 3), (3, 2), (1, 1), True, True),
                                                        ((1, 14, 7, 1, 16), (7, 7), (1, 1), (7, 7), False, True)]:
         q, k, v, rpb_t, bias_t = _inputs(shape, kernel, rpb=rpb, bias=bias)
-        out = neighborhood_attention_2d(q, k, v, kernel, dilation, stride, rpb_t, bias_t, backend="triton")
         ref = brute_force(q.double(), k.double(), v.double(), kernel, dilation, stride,
                           None if rpb_t is None else rpb_t.double(), None if bias_t is None else bias_t.double())
-        assert float((out.double() - ref).norm() / ref.norm()) < 2e-5, (config, kernel, stride)
+        for learnable in (True, False):
+            weights = [None if t is None else t.clone().requires_grad_(learnable) for t in (rpb_t, bias_t)]
+            out = neighborhood_attention_2d(q, k, v, kernel, dilation, stride, *weights, backend="triton")
+            err = float((out.double() - ref).norm() / ref.norm())
+            assert err < 2e-5, (config, kernel, stride, learnable)
+
+
+def test_untuned_forward_default_follows_the_block_storage(monkeypatch):
+    """With VITZOO_AUTOTUNE=0 on a GPU the forward takes the first config on the table and the measured best on
+    average for the block's storage (64-key blocks for fp32, 32-key for fp16). Asserted on the pruner alone."""
+    from vitzoo.kernels import neighborhood_fwd as fwd
+
+    monkeypatch.setenv("VITZOO_AUTOTUNE", "0")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    chosen = {}
+    for name, dtype, block in [("table", torch.float32, False), ("fp32 block", torch.float32, True),
+                               ("fp16 block", torch.float16, True)]:
+        (config,) = fwd._prune(fwd._CONFIGS, {"TAB": torch.empty(1, dtype=dtype)}, LOGIT_BLOCK=block)
+        chosen[name] = (config.kwargs["BLOCK_N"], config.num_stages)
+    assert chosen == {"table": (32, 1), "fp32 block": (64, 2), "fp16 block": (32, 2)}
+    monkeypatch.setenv("VITZOO_AUTOTUNE", "1")
+    assert fwd._prune(fwd._CONFIGS, {"TAB": torch.empty(1)}, LOGIT_BLOCK=True) == fwd._CONFIGS
 
 
 @pytest.mark.parametrize("config_index", range(4))
@@ -393,10 +439,11 @@ def test_dq_blocks_meet_dot_minimums(kernel, stride):
             assert dim >= 16 and dim == common.next_pow2(dim), (config, dim)
 
 
-def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
-    """No-grad calls with fixed rpb / bias build the window-logit table once (per weight view and geometry); an
+def test_inference_reuses_the_logit_block_until_a_weight_changes(monkeypatch):
+    """No-grad calls with fixed rpb / bias build the dense logit block once (per weight view and geometry); an
     in-place weight update, a new weight tensor or recording autograd through the weight rebuilds it. Every call is
-    checked against the float64 brute force, so a stale table fails on values, not just on the build count."""
+    checked against the float64 brute force, so a stale block fails on values, not just on the build count.
+    Training calls build the window-logit table every time."""
     from vitzoo.kernels import _neighborhood_table as table_mod
     from vitzoo.kernels import neighborhood_fwd as fwd
     from vitzoo.ops._weight_cache import clear_weight_cache
@@ -410,7 +457,7 @@ def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
         return build
 
     monkeypatch.setattr(table_mod, "window_logit_table", counting(table_mod.window_logit_table))
-    monkeypatch.setattr(fwd, "window_logit_block", counting(fwd.window_logit_block))  # windows: the dense block
+    monkeypatch.setattr(fwd, "tile_logit_block", counting(fwd.tile_logit_block))
     clear_weight_cache()
     shape, kernel, dil, stride = (1, 9, 8, 2, 16), (3, 3), (1, 1), (1, 1)
     q, k, v, rpb, _ = _inputs(shape, kernel, rpb=True)
@@ -420,17 +467,19 @@ def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
         out = neighborhood_attention_2d(q, k, v, win, dil, st, rpb, bias, backend="triton")
         ref = brute_force(*(t.double() for t in (q, k, v)), win, dil, st,
                           None if rpb is None else rpb.double(), None if bias is None else bias.double())
-        assert torch.allclose(out.double(), ref, atol=2e-5), "stale or wrong table"
+        assert torch.allclose(out.double(), ref, atol=2e-5), "stale or wrong block"
 
     with torch.no_grad():
         call(rpb)
         call(rpb)
-        assert len(builds) == 1, "second no-grad call rebuilt the table"
+        assert builds == ["tile_logit_block"], "second no-grad call rebuilt the block"
         rpb.mul_(2.0)  # in-place update: version bump
         call(rpb)
         assert len(builds) == 2
-        call(rpb, win=(3, 3), st=(3, 3))  # windows: their own dense block
-        assert builds[-1] == "window_logit_block" and len(builds) == 3
+        call(rpb, win=(3, 3), st=(3, 3))  # windows: another geometry, another block
+        assert len(builds) == 3
+        call(rpb, win=(3, 3), st=(3, 3))
+        assert len(builds) == 3
         call(rpb.clone())  # equal values, another tensor: never served from rpb's entry
         assert len(builds) == 4
         call(None, bias_all[0:2].view(2, 9, 9))
@@ -440,7 +489,7 @@ def test_inference_reuses_the_logit_table_until_a_weight_changes(monkeypatch):
     rpb_leaf = rpb.clone().requires_grad_()
     call(rpb_leaf)
     call(rpb_leaf)
-    assert len(builds) == 8, "training (autograd through rpb) must not cache"
+    assert builds[6:] == ["window_logit_table"] * 2, "training (autograd through rpb) must not cache"
     # A frozen rpb with gradients for q: the forward reads the cached table, the backward builds its own.
     q_leaf, q_ref = q.clone().requires_grad_(), q.double().requires_grad_()
     grad_out = torch.randn(*shape[:4], shape[-1])

@@ -100,34 +100,33 @@ def _slot_to_rpb(kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
              bias: Optional[torch.Tensor], kernel_size: List[int], dilation: List[int], stride: List[int],
              scale: float, fixed_weights: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, lse, table): the window-logit table goes to the backward so that it is built once per step. Tables
-    that outlive the call are returned as an empty tensor (an op output must not alias them; the backward then
-    rebuilds its own): the one cached mask table without rpb and bias, and a table cached for fixed weights
-    (``fixed_weights``: the caller saw no autograd recording through rpb / bias, e.g. inference or a frozen rpb),
-    which saves its build (a pad, a gather, about 0.1 ms of host time) per call; with fixed weights the table is
-    always returned empty, cached or not, so that the fake implementation knows the output's shape. The caller
-    decides because inside an ``autograd.Function`` forward, grad mode always reads as off."""
-    from vitzoo.kernels.neighborhood_fwd import logit_table, neighborhood_fwd, uses_window_block, window_block
+    """(out, lse, table): the window-logit table goes to the backward so that it is built once per step. Calls
+    that read a dense logit block instead return an empty tensor (the backward then builds its own table): without
+    rpb and bias (the cached mask block), and with fixed weights (``fixed_weights``: the caller saw no autograd
+    recording through rpb / bias, e.g. inference or a frozen rpb), whose block is cached per weight version, which
+    saves its build (a pad, a gather, about 0.1 ms of host time) per call. The caller decides because inside an
+    ``autograd.Function`` forward, grad mode always reads as off."""
+    from vitzoo.kernels.neighborhood_fwd import logit_block, neighborhood_fwd
 
     if rpb is None and bias is None:
         out, lse, _ = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
         return out, lse, lse.new_empty(0)
-    table = block = None
-    if fixed_weights and uses_window_block(kernel_size, stride):
-        # Windows read a dense, aligned logit block: 1.6-1.7x faster forward, but the backward kernels index the
-        # table, so only calls that need no backward through the weights use it. Uncached (a CUDA graph capture,
-        # inference tensors, the cache switched off) it is built per call, on the same path, so a capture meets
-        # the geometry caches its warm-up filled.
-        def build_block() -> torch.Tensor:
-            return window_block(rpb, bias, kernel_size, stride, q.device)
+    block = None
+    if fixed_weights:
+        # The dense logit block: 1.7x faster forward than the table gather (kernels/README.md), but the backward
+        # kernels index the table, so only calls that need no backward through the weights read it. Uncached (a
+        # CUDA graph capture, inference tensors, the cache switched off) it is built per call, on the same path, so
+        # a capture meets the geometry caches its warm-up filled.
+        size = tuple(q.shape[1:3])
 
-        block = cached_from_weights((rpb, bias), ("na_window_block", tuple(kernel_size), tuple(stride)), build_block)
+        def build_block():
+            return logit_block(rpb, bias, kernel_size, dilation, stride, size, q.device, q.dtype)
+
+        block = cached_from_weights((rpb, bias), ("na_logit_block", tuple(kernel_size), tuple(dilation),
+                                                  tuple(stride), size, q.dtype), build_block)
         if block is None:
             block = build_block()
-    elif fixed_weights:
-        table = cached_from_weights((rpb, bias), ("na_logit_table", tuple(kernel_size), tuple(stride)),
-                                    lambda: logit_table(rpb, bias, kernel_size, stride, q.device))
-    out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, table, block)
+    out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, block=block)
     return out, lse, lse.new_empty(0) if fixed_weights else table
 
 
