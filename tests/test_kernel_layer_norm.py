@@ -216,10 +216,23 @@ def test_custom_op_compile_and_opcheck():
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+def _check_autocast_policy(norm: torch.nn.Module, x: torch.Tensor) -> None:
+    """Under autocast: the no-grad forward writes the autocast dtype (with the fast norm on), the autograd one fp32."""
+    from vitzoo.models._norm import FAST_NORM
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fast = norm(x)
+        slow = norm(x)
+    assert slow.dtype == torch.float32
+    assert fast.dtype == (torch.bfloat16 if FAST_NORM else torch.float32)
+    torch.testing.assert_close(fast.float(), slow, rtol=1e-2, atol=1e-2)
+
+
 def test_model_layer_norm_module_policy():
     """vitzoo.models._norm.LayerNorm: nn.LayerNorm's parameters and state_dict; without autograd it runs the op
     (autocast dtype out), with autograd torch's own norm (fp32 out under autocast, timm's numerics)."""
-    from vitzoo.models._norm import FAST_NORM, LayerNorm
+    from vitzoo.models._norm import LayerNorm
 
     norm = LayerNorm(24, eps=1e-6)
     torch.nn.init.normal_(norm.weight)
@@ -228,10 +241,27 @@ def test_model_layer_norm_module_policy():
     ref.load_state_dict(norm.state_dict())
     x = torch.randn(2, 5, 24)
     torch.testing.assert_close(norm(x), ref(x), rtol=0, atol=0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        with torch.no_grad():
-            fast = norm(x)
-        slow = norm(x)
-    assert slow.dtype == torch.float32
-    assert fast.dtype == (torch.bfloat16 if FAST_NORM else torch.float32)
-    torch.testing.assert_close(fast.float(), slow, rtol=1e-2, atol=1e-2)
+    _check_autocast_policy(norm, x)
+
+
+def test_model_layer_norm2d_module_policy():
+    """vitzoo.models._norm.LayerNorm2d (DaViT's stem / downsampling / head norms): timm's LayerNorm2d parameters and
+    outputs; without autograd the op on the (B, H, W, C) view (autocast dtype out), and a channels_last map stays
+    channels_last."""
+    from timm.layers import LayerNorm2d as TimmLayerNorm2d
+
+    from vitzoo.models._norm import LayerNorm2d, token_norm_layer
+
+    assert token_norm_layer("layernorm2d") is LayerNorm2d
+    norm = LayerNorm2d(24, eps=1e-5)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    ref = TimmLayerNorm2d(24, eps=1e-5)
+    ref.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 24, 5, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = norm(x)
+        torch.testing.assert_close(out, ref(x), rtol=0, atol=0)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(norm(x), ref(x), rtol=0, atol=0)  # with autograd: timm's own forward
+    _check_autocast_policy(norm, x)

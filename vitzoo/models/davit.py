@@ -4,7 +4,8 @@ Ding et al., "DaViT: Dual Attention Vision Transformers", ECCV 2022 (https://arx
 
 Architecture and weights are timm's ``davit_{tiny,small,base}`` (ported from https://github.com/dingmyu/davit): each
 block pair is a spatial-window block then a channel-group block, both with depth-wise conv position encodings. timm's
-stem, downsample, ConvPosEnc, MLP, norms and head are imported from timm. Spatial window attention runs through
+stem, downsample, ConvPosEnc, MLP and head are imported from timm; its LayerNorm2d (stem, downsampling and head
+norms) is the zoo's (same parameters: the inference norm kernel, ``_norm.py``). Spatial window attention runs through
 :func:`vitzoo.ops.neighborhood_attention_2d` (``kernel = stride = window``) on (B, H, W, heads, d) views of the qkv
 projection. Like timm (and the official code), maps that are not window multiples are zero-padded *after* norm1 and
 the padded tokens are NOT masked (they attend and are attended to with their qkv-bias-only keys/values), then the
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, NormMlpClassifierHead, get_norm_layer, to_2tuple, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, NormMlpClassifierHead, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.davit import ConvPosEnc, Downsample, Stem
@@ -244,7 +245,7 @@ class DaViT(nn.Module):
             raise ValueError(f"embed_dims, num_heads and depths must have the same length, got {embed_dims}, "
                              f"{num_heads}, {depths}")
         check_attn_backend(attn_backend)
-        norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
+        norm_layer = partial(token_norm_layer(norm_layer), eps=norm_eps)
         norm_layer_cl = partial(token_norm_layer(norm_layer_cl), eps=norm_eps)
         self.num_classes = num_classes
         self.in_chans = in_chans
