@@ -1,7 +1,7 @@
 """GPU correctness check of the Triton neighborhood-attention kernels on large shapes: bf16 / fp16 / fp32 outputs,
-every gradient (q, k, v, rpb, bias) and the no-grad output (the inference path: cached table, dense window block)
-against a float64 reference, with the rule kernel error <= 2x the error of the same-precision torch implementation
-(``backend="torch"``) + a small floor. GPU only; ``run()`` returns rows."""
+every gradient (q, k, v, rpb, bias) and the no-grad output (the inference path: the dense logit block of each tile
+class) against a float64 reference, with the rule kernel error <= 2x the error of the same-precision torch
+implementation (``backend="torch"``) + a small floor. GPU only; ``run()`` returns rows."""
 from __future__ import annotations
 
 from typing import List, Optional
