@@ -148,6 +148,7 @@ class LogitBlock(NamedTuple):
     classes: torch.Tensor
     n_classes_x: int
     row: int  # floats per (class, slot) row: every lane a key block reads, a multiple of 32
+    geometry: Tuple[Tuple[int, int], ...]  # (kernel, dilation, stride, tile, map size) it was built for
 
 
 def _window_starts(glen: int, kernel: int, stride: int) -> List[int]:
@@ -212,7 +213,8 @@ def _block_index(kernel: Tuple[int, int], dilation: Tuple[int, int], stride: Tup
 @functools.lru_cache(maxsize=64)
 def _mask_block(kernel, dilation, stride, tile, size, key_w, device, dtype) -> LogitBlock:
     valid, _, _, classes, n_classes_x, row = _block_index(kernel, dilation, stride, tile, size, key_w, device)
-    return LogitBlock(torch.where(valid, 0.0, -math.inf).to(dtype)[None], classes, n_classes_x, row)
+    return LogitBlock(torch.where(valid, 0.0, -math.inf).to(dtype)[None], classes, n_classes_x, row,
+                      (kernel, dilation, stride, tile, size))
 
 
 def block_dtype(input_dtype: torch.dtype) -> torch.dtype:
@@ -236,4 +238,5 @@ def tile_logit_block(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], 
     values = None if rpb is None else _gather(rpb, rpb_idx)
     if bias is not None:
         values = _gather(bias, bias_idx) if values is None else values + _gather(bias, bias_idx)
-    return LogitBlock((values * math.log2(math.e)).to(dtype), classes, n_classes_x, row)  # the kernels' LOG2E
+    return LogitBlock((values * math.log2(math.e)).to(dtype), classes, n_classes_x, row,  # the kernels' LOG2E
+                      geometry)

@@ -255,7 +255,7 @@ def neighborhood_fwd(
     t = tiled_launch(q, v, rpb, bias, kernel, dilation, stride, None if block is None else block.values)
     block_m = max(MIN_DOT, next_pow2(t.constexprs["TILE_Y"] * t.constexprs["TILE_X"]))
     if block is not None:
-        _check_block(block, t, block_m)
+        _check_block(block, t, (kernel, dilation, stride, (height, width)))
     launch(_neighborhood_fwd_kernel, (t.n_programs,),
         q, k, v, out, lse, t.table, t.table if block is None else block.classes,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *t.grid_args,
@@ -267,13 +267,14 @@ def neighborhood_fwd(
     return out, lse, t.table if block is None else None
 
 
-def _check_block(block: LogitBlock, t: TiledLaunch, block_m: int) -> None:
-    """A block built for another map size, dilation or head count would be read out of bounds: refuse it."""
-    _, _, _, heads, dil_y, dil_x, tiles_y, tiles_x = t.grid_args
-    n_classes = block.values.shape[-1] // (block_m * block.row) if block.values.dim() == 2 else -1
-    if (block.classes.numel() != dil_y * tiles_y + dil_x * tiles_x or block.values.shape[0] not in (1, heads)
-            or block.values.shape[-1] != n_classes * block_m * block.row
-            or n_classes % max(block.n_classes_x, 1) != 0):
-        raise ValueError(f"the logit block does not fit this call's geometry (heads {heads}, dilation "
-                         f"{(dil_y, dil_x)}, {tiles_y}x{tiles_x} tiles): build it with logit_block() for the same "
-                         f"map size, kernel, dilation and stride")
+def _check_block(block: LogitBlock, t: TiledLaunch, call: Tuple[Sequence[int], ...]) -> None:
+    """A block built for another geometry (map size, kernel, dilation, stride) or head count would give wrong logits
+    or be read out of bounds: refuse it."""
+    kernel, dilation, stride, size = (tuple(int(v) for v in a) for a in call)
+    tile = (t.constexprs["TILE_Y"], t.constexprs["TILE_X"])
+    heads = t.grid_args[3]
+    if block.geometry != (kernel, dilation, stride, tile, size) or block.values.shape[0] not in (1, heads):
+        raise ValueError(f"the logit block does not fit this call's geometry: built for (kernel, dilation, stride, "
+                         f"tile, map size) {block.geometry} and {block.values.shape[0]} head(s), called with "
+                         f"{(kernel, dilation, stride, tile, size)} and {heads} heads; build it with logit_block() for "
+                         f"the call's map size, kernel, dilation and stride")

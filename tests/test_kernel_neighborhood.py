@@ -145,6 +145,17 @@ def test_inference_forward_reads_the_logit_block(name, dtype, monkeypatch):
     clear_weight_cache()
 
 
+def test_logit_block_of_another_geometry_is_refused():
+    """A block built for another map size or head count would be read out of bounds: a ValueError, not a launch."""
+    from vitzoo.kernels.neighborhood_fwd import logit_block, neighborhood_fwd
+
+    q, k, v, rpb, _ = _inputs((1, 13, 11, 2, 16), (3, 3), rpb=True)
+    for size, heads in (((9, 11), 2), ((13, 11), 3)):
+        block = logit_block(torch.randn(heads, 5, 5), None, (3, 3), (1, 1), (1, 1), size, q.device, q.dtype)
+        with pytest.raises(ValueError, match="does not fit this call's geometry"):
+            neighborhood_fwd(q, k, v, rpb, None, (3, 3), (1, 1), (1, 1), 0.25, block=block)
+
+
 def test_fp16_strided_inputs_and_v_dim():
     _check((1, 9, 11, 2, 32), (3, 3), (2, 1), (2, 1), rpb=True, bias=True, dtype=torch.float16, strided=True)
     _check((1, 7, 9, 1, 16), (3, 3), (1, 1), (3, 3), dtype=torch.float16, v_dim=32)

@@ -1,5 +1,5 @@
 """vitzoo.ops._weight_cache: writers that do not bump version counters must still invalidate the cached tensors
-(a stale folded conv-BN weight or window-logit table gives silently wrong eval outputs)."""
+(a stale folded conv-BN weight or logit block gives silently wrong eval outputs)."""
 import pytest
 import torch
 from torch import nn

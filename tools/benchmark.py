@@ -43,8 +43,8 @@ import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
 from competitors import COMPETITORS, create_competitor, is_competitor  # noqa: E402
-from vitzoo.tools_common import (UserError, amp_dtype, autocast_ctx, check_model_name, run_cli, to_channels_last,  # noqa: E402
-                                 write_rows_csv)
+from vitzoo.tools_common import (UserError, amp_dtype, autocast_ctx, check_model_name, run_cli,  # noqa: E402
+                                 to_channels_last, write_rows_csv)
 
 # vitzoo model -> the timm model (or ``official:<name>`` competitor) it is compared with, where one exists
 PAIRS: Dict[str, Optional[str]] = {}

@@ -10,12 +10,13 @@ kernels with one host call, so the step costs its GPU time. Requirements, checke
 - autocast without its cache of cast weights, which would be filled once inside the capture.
 
 A train step's warm-up and capture run inside :func:`vitzoo.models._norm.norm_kernels_in_training`: the zoo's
-LayerNorms then use the Triton forward and backward in training too (inference forwards always do). Eager training keeps torch's norm, whose host cost is lower; a replay
-has no host cost, and the kernels take about a tenth of the GPU time.
+LayerNorms then use the Triton forward and backward in training too (inference forwards always do). Eager training
+keeps torch's norm, whose host cost is lower; a replay has no host cost, and the kernels take about a tenth of the GPU
+time.
 
 Replays write parameters in place without going through the dispatcher, so their version counters would not move;
 :class:`GraphedTrainStep` bumps them after every replay so that caches keyed on them (``vitzoo.ops._weight_cache``:
-folded conv-BN weights, window-logit tables used by eval forwards) see the new weights. While a capture is under way
+folded conv-BN weights, the neighborhood op's logit blocks used by eval forwards) see the new weights. While a capture is under way
 the weight cache is not used at all: a cached tensor would be read at capture time and go stale in later replays.
 Models with caches of their own are frozen into a :class:`GraphedForward` the same way (timm's EfficientViT-MSRA and
 LeViT keep eval attention biases): capture again after changing their weights.

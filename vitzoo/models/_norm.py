@@ -47,12 +47,17 @@ def norm_kernels_in_training(enabled: bool = True) -> Iterator[None]:
         _KERNEL_IN_TRAINING = previous
 
 
+def _use_kernel() -> bool:
+    """Whether a norm forward runs the op: without autograd, or inside :func:`norm_kernels_in_training`."""
+    return FAST_NORM and (_KERNEL_IN_TRAINING or not torch.is_grad_enabled())
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last dim; without autograd through :func:`vitzoo.ops.layer_norm` (autocast dtype
     out under autocast). See the module docstring for why training keeps torch's norm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if FAST_NORM and (_KERNEL_IN_TRAINING or not torch.is_grad_enabled()):
+        if _use_kernel():
             return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return super().forward(x)
 
@@ -64,7 +69,7 @@ class LayerNorm2d(timm_layers.LayerNorm2d):
     such norms took 3.0 of 28.2 ms per inference batch in fp32, kernels/README.md, "Tenth run")."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if FAST_NORM and (_KERNEL_IN_TRAINING or not torch.is_grad_enabled()):
+        if _use_kernel():
             out = layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
             return out.permute(0, 3, 1, 2)
         return super().forward(x)

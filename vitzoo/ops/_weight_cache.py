@@ -1,5 +1,5 @@
-"""Cache of tensors derived from fixed weights (the neighborhood kernels' window-logit table built from an rpb, a
-convolution with its BatchNorm folded in).
+"""Cache of tensors derived from fixed weights (the neighborhood forward's dense logit block built from an rpb / a
+dense bias, a convolution with its BatchNorm folded in).
 
 In inference every call of an attention layer rebuilds the same derived tensor from the same weights: for the
 neighborhood op a pad and a gather, three launches and about 0.1 ms of host time per call, which is most of a small
