@@ -4,7 +4,8 @@
 For each model, three copies with the same weights see the same batches: ``eager`` and ``eager2`` train eagerly,
 ``graph`` through :class:`GraphedTrainStep` (all with AdamW, fused, capturable). The eager runs use the same kernels
 as the graph (``norm_kernels_in_training``: the Triton LayerNorm in training), so the comparison can be exact.
-Checked, with the two eager runs' difference as the noise level (rule: graph-vs-eager difference <= 2 x eager-vs-eager difference + 1e-3, relative):
+Checked, with the two eager runs' difference as the noise level (rule: graph-vs-eager difference <= 2 x
+eager-vs-eager difference + 1e-3, relative):
 - the loss of every step;
 - the eval output after training, where every copy ran one eval forward *before* training (it fills the inference
   caches: folded conv-BN weights, neighborhood logit blocks), so a cache that missed the replays' weight updates fails;

@@ -16,10 +16,10 @@ time.
 
 Replays write parameters in place without going through the dispatcher, so their version counters would not move;
 :class:`GraphedTrainStep` bumps them after every replay so that caches keyed on them (``vitzoo.ops._weight_cache``:
-folded conv-BN weights, the neighborhood op's logit blocks used by eval forwards) see the new weights. While a capture is under way
-the weight cache is not used at all: a cached tensor would be read at capture time and go stale in later replays.
-Models with caches of their own are frozen into a :class:`GraphedForward` the same way (timm's EfficientViT-MSRA and
-LeViT keep eval attention biases): capture again after changing their weights.
+folded conv-BN weights, the neighborhood op's logit blocks used by eval forwards) see the new weights. While a
+capture is under way the weight cache is not used at all: a cached tensor would be read at capture time and go stale
+in later replays. Models with caches of their own are frozen into a :class:`GraphedForward` the same way (timm's
+EfficientViT-MSRA and LeViT keep eval attention biases): capture again after changing their weights.
 """
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ import torch.nn as nn
 
 __all__ = ["UserError", "run_cli", "check_model_name", "build_model", "load_checkpoint_file",
            "is_training_checkpoint", "state_dict_from_checkpoint", "amp_dtype", "autocast_ctx", "epoch_batches",
-           "make_loader", "evaluate", "load_state_dict_or_explain", "to_channels_last", "setup_distributed", "capture_rng",
-           "restore_rng", "seed_everything", "save_atomic"]
+           "make_loader", "evaluate", "load_state_dict_or_explain", "to_channels_last", "setup_distributed",
+           "capture_rng", "restore_rng", "seed_everything", "save_atomic"]
 
 EXIT_BAD_INPUT = 2
 
