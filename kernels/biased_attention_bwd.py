@@ -19,6 +19,7 @@ import torch
 
 from ._biased_attention_common import (DBIAS_GLOBAL, DBIAS_NONE, DBIAS_REGISTERS, REGISTER_DBIAS_MAX, bias_strides,
                                        check_head_dims, chunk_split, next_block)
+from ._layout import empty_in_layout_of
 from .biased_attention_bwd_delta import biased_attention_bwd_delta
 from .biased_attention_bwd_dkdv import biased_attention_bwd_dkdv
 from .biased_attention_bwd_dq import biased_attention_bwd_dq
@@ -33,14 +34,14 @@ def biased_attention_bwd(
     out: torch.Tensor, lse: torch.Tensor, scale: float, bias_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, d_bias) of :func:`biased_attention_fwd`. ``bias`` is None or 4-D (1|B, 1|H, Lq, Lk);
-    d_bias has the bias's shape and dtype (None unless ``bias_grad``). dq, dk, dv are contiguous in q's dtype."""
+    d_bias has the bias's shape and dtype (None unless ``bias_grad``). dq, dk, dv have q's dtype and the memory
+    order of q, k, v (:func:`~._layout.empty_in_layout_of`)."""
     batch, heads, lq, head_dim = q.shape
     lk, v_dim = k.shape[2], v.shape[3]
     check_head_dims(head_dim, v_dim)
     delta = biased_attention_bwd_delta(out, grad_out)
-    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
-    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    # each gradient in its input's memory order, so the backward of the caller's head-split view is a view too
+    dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
     strides = bias_strides(bias, batch, heads, lq, lk)
     trivial = (batch, heads, 1, 1, 1, 1)  # slot_b, slot_h, h_rep, members, members_per_chunk, n_chunks
 

@@ -17,6 +17,7 @@ import triton.language as tl
 from ._intmath import cdiv
 from ._biased_attention_common import LOG2E, LOG2E_PY, bias_strides, check_head_dims, make_configs, make_pruner
 from ._launch import launch
+from ._layout import empty_in_layout_of
 
 __all__ = ["biased_attention_fwd"]
 
@@ -95,12 +96,13 @@ def biased_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
                          scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward. q, k, v share one dtype; ``bias`` is None or 4-D (1|B, 1|H, Lq, Lk) in any float dtype.
 
-    Returns ``out`` (B, H, Lq, DV) in q's dtype and ``lse`` (B, H, Lq) fp32 in base-2 units (for the backward).
+    Returns ``out`` (B, H, Lq, DV) in q's dtype and memory order (:func:`~._layout.empty_in_layout_of`) and ``lse``
+    (B, H, Lq) fp32 in base-2 units (for the backward).
     """
     batch, heads, lq, head_dim = q.shape
     lk, v_dim = k.shape[2], v.shape[3]
     check_head_dims(head_dim, v_dim)
-    out = torch.empty(batch, heads, lq, v_dim, device=q.device, dtype=q.dtype)
+    out = empty_in_layout_of(q, (batch, heads, lq, v_dim))  # token-major q gives a token-major out: a free reshape
     lse = torch.empty(batch, heads, lq, device=q.device, dtype=torch.float32)
     bias_arg = bias if bias is not None else q  # never read when HAS_BIAS is False
 

@@ -48,9 +48,10 @@ def test_graphed_objects_need_cuda_tensors_and_a_capturable_optimizer():
 
 
 def test_graph_steps_run_the_zoo_norm_through_the_op_in_training(monkeypatch):
-    """Inside norm_kernels_in_training (a capture's warm-up and capture), LayerNorms that record autograd go through
+    """Inside graph_step_kernels (a capture's warm-up and capture), LayerNorms that record autograd go through
     vitzoo.ops.layer_norm (on the GPU the Triton forward and backward); outside, training keeps torch's norm."""
     import vitzoo.models._norm as norm_module
+    from vitzoo.models._step_kernels import graph_step_kernels
 
     calls = []
     real = norm_module.layer_norm
@@ -62,7 +63,7 @@ def test_graph_steps_run_the_zoo_norm_through_the_op_in_training(monkeypatch):
                                    (x, norm.weight, norm.bias))
     norm(x)
     assert calls == []
-    with norm_module.norm_kernels_in_training():
+    with graph_step_kernels():
         got = torch.autograd.grad(norm(x).square().sum(), (x, norm.weight, norm.bias))
     assert calls == [1]
     for g, e in zip(got, expected):

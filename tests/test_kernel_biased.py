@@ -133,6 +133,40 @@ def test_fp16_strided_inputs_no_bias_grad():
     _check(tokens, k, v, _bias("hqk", b, h, agents, n), tol=2e-3)
 
 
+def test_outputs_and_grads_follow_the_input_memory_order():
+    """Head-split views of one token-major projection (the Agent-Swin layout) get a token-major output and token-major
+    dq / dk / dv, so the caller's reshape back to (B, N, C) and the views' backward are free; contiguous inputs keep
+    contiguous results. The custom ops' fake impls report the same strides (opcheck), so compiled graphs agree."""
+    from vitzoo.ops._biased_triton import _OP
+
+    b, h, n, agents, d = 2, 2, 20, 9, 16
+    qkv = torch.randn(b, n, 3, h, d)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    tokens = torch.randn(b, h, agents, d)
+    bias = torch.randn(h, agents, n)
+    for query, key, value, lk in ((q, tokens, tokens, agents), (tokens, k, v, n)):
+        leaves = [t.detach().requires_grad_(True) for t in (query, key, value)]
+        # the head-split views as autograd sees them: grads of a (B, N, H, d) buffer, viewed
+        views = [t.transpose(1, 2).contiguous().transpose(1, 2) if t.stride(1) < t.stride(2) else t for t in leaves]
+        qb = bias if lk == n else torch.randn(h, n, agents)
+        out = biased_attention(*views, qb, backend="triton")
+        grads = torch.autograd.grad(out, views, torch.randn_like(out))
+        ref = _brute(*(t.detach().double() for t in views), qb.double(), d ** -0.5)
+        assert _rel(out, ref) < 1e-4
+        for view, grad in zip([out] + list(views), [out] + list(grads)):
+            assert grad.shape == view.shape
+            token_major = view.stride(1) < view.stride(2)
+            assert (grad.transpose(1, 2).is_contiguous() if token_major else grad.is_contiguous()), \
+                (tuple(view.stride()), tuple(grad.stride()))
+        assert out.transpose(1, 2).is_contiguous() == (views[0].stride(1) < views[0].stride(2))
+    torch.library.opcheck(_OP.forward_op, (q.contiguous().transpose(1, 2).transpose(1, 2), tokens, tokens, None,
+                                           0.25), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(_OP.forward_op, (q, k, v, None, 0.25), test_utils=("test_schema", "test_faketensor"))
+    out, lse = _OP.forward_impl(q, k, v, None, 0.25)
+    torch.library.opcheck(_OP.backward_op, (torch.randn_like(out), q, k, v, None, out, lse, 0.25, False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_inf_masked_tile_and_no_bias():
     b, h, lq, lk, d = 1, 2, 18, 40, 16
     q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)

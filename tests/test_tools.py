@@ -154,6 +154,34 @@ def test_profile_step_cpu_smoke(tmp_path, capsys):
     assert "busy -" in capsys.readouterr().out
 
 
+def test_profile_step_graph_kernels_flag(tmp_path, monkeypatch):
+    """--graph-kernels profiles train steps run inside graph_step_kernels (the kernels of a graphed step);
+    without it, eager steps keep torch's norm in training."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import profile_step
+    from vitzoo.models._step_kernels import graph_step_kernels_enabled
+
+    seen = []
+    original = profile_step._step_fn
+
+    def spying_step_fn(*args, **kwargs):
+        step = original(*args, **kwargs)
+
+        def spy():
+            seen.append(graph_step_kernels_enabled())
+            step()
+        return spy
+
+    monkeypatch.setattr(profile_step, "_step_fn", spying_step_fn)
+    common = ["--models", "vz_efficientvit_m0", "--device", "cpu", "--batch", "2", "--img-size", "64", "--warmup", "0",
+              "--steps", "1"]
+    rows = profile_step.main(common + ["--graph-kernels", "--out", str(tmp_path / "graph")])
+    assert rows[0]["graph_kernels"] is True and seen == [True, True]
+    seen.clear()
+    rows = profile_step.main(common + ["--out", str(tmp_path / "eager")])
+    assert rows[0]["graph_kernels"] is False and seen == [False, False]
+
+
 @pytest.fixture
 def one_cpu_thread():
     """One intra-op thread: on a small CI box with a busy neighbour, OpenMP's spin-waits make these few-millisecond

@@ -3,7 +3,7 @@
 
 For each model, three copies with the same weights see the same batches: ``eager`` and ``eager2`` train eagerly,
 ``graph`` through :class:`GraphedTrainStep` (all with AdamW, fused, capturable). The eager runs use the same kernels
-as the graph (``norm_kernels_in_training``: the Triton LayerNorm in training), so the comparison can be exact.
+as the graph (``graph_step_kernels``: the Triton LayerNorm in training), so the comparison can be exact.
 Checked, with the two eager runs' difference as the noise level (rule: graph-vs-eager difference <= 2 x
 eager-vs-eager difference + 1e-3, relative):
 - the loss of every step;
@@ -35,7 +35,7 @@ import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
 from vitzoo.cuda_graph import GraphedForward, GraphedTrainStep  # noqa: E402
-from vitzoo.models._norm import norm_kernels_in_training  # noqa: E402
+from vitzoo.models._step_kernels import graph_step_kernels  # noqa: E402
 from vitzoo.ops._weight_cache import weight_cache_enabled  # noqa: E402
 from vitzoo.tools_common import to_channels_last, write_rows_csv  # noqa: E402
 
@@ -78,7 +78,7 @@ def check_model(name: str, batch: int, dtype: torch.dtype) -> Dict:
         model.train()
         torch.manual_seed(2)  # the same stochastic-depth masks in every run
         for x, y in batches[:STEPS]:
-            with torch.autocast("cuda", dtype=dtype), norm_kernels_in_training():
+            with torch.autocast("cuda", dtype=dtype), graph_step_kernels():
                 loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()

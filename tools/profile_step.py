@@ -5,6 +5,7 @@ step and the fraction of the step the GPU is busy, plus the top operators by GPU
     python tools/profile_step.py --models nat_tiny biformer_s                 # GPU: bf16 train step, batch 128
     python tools/profile_step.py --models vz_efficientvit_m5 --mode infer --batch 256 --out runs/prof_effvit
     python tools/profile_step.py --models nat_mini --device cpu --batch 1 --img-size 64 --warmup 0 --steps 1
+    python tools/profile_step.py --models agent_swin_t --graph-kernels     # the kernels a graphed train step runs
 
 A GPU busy fraction well under 1 means the step is host-bound (Python, argument binding, kernel launches): faster
 kernels will not help there, fewer / cheaper launches will. GPU time is the sum of the device-side kernel events (each
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import vitzoo  # noqa: E402,F401
 from benchmark import create  # noqa: E402  (tools/ is on sys.path when a tool runs)
+from vitzoo.models._step_kernels import graph_step_kernels  # noqa: E402
 from vitzoo.tools_common import (UserError, autocast_ctx, check_model_name, run_cli, to_channels_last,  # noqa: E402
                                  write_rows_csv)
 
@@ -58,6 +60,13 @@ def _step_fn(model: torch.nn.Module, mode: str, batch: int, size: int, amp: str,
     return train_step
 
 
+def _with_norm_kernels(step):
+    def wrapped():
+        with graph_step_kernels():
+            step()
+    return wrapped
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -74,6 +83,8 @@ def profile_model(name: str, args, device: torch.device) -> Dict:
         raise UserError(f"{name}: {exc}") from None
     size = args.img_size or model.pretrained_cfg["input_size"][-1]
     step = _step_fn(to_channels_last(model.to(device)), args.mode, args.batch, size, args.amp, device)
+    if args.graph_kernels:  # eager steps with the kernel choices of a CUDA-graphed step (see vitzoo.cuda_graph)
+        step = _with_norm_kernels(step)
     for _ in range(args.warmup):
         step()
     _sync(device)
@@ -101,7 +112,7 @@ def profile_model(name: str, args, device: torch.device) -> Dict:
         f.write(events.table(sort_by=sort_key, row_limit=TOP_ROWS, max_name_column_width=70))
         f.write("\n")
         f.write(events.table(sort_by="self_cpu_time_total", row_limit=TOP_ROWS, max_name_column_width=70))
-    row = {"model": name, "mode": args.mode, "batch": args.batch, "img": size, "amp": args.amp,
+    row = {"model": name, "mode": args.mode, "graph_kernels": args.graph_kernels, "batch": args.batch, "img": size, "amp": args.amp,
            "wall_ms_per_step": wall_ms, "img_per_s": args.batch / wall_ms * 1e3,
            "gpu_ms_per_step": gpu_ms if device.type == "cuda" else None,
            "gpu_busy": gpu_ms / wall_ms if device.type == "cuda" else None,
@@ -127,6 +138,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None, help="default bf16 on GPU, none on CPU")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="steps timed, then the same number profiled")
+    p.add_argument("--graph-kernels", action="store_true",
+                   help="train with the kernels of a CUDA-graphed step (the zoo's Triton LayerNorm forward and "
+                        "backward), run eagerly so the profiler sees each one")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default="runs/profile")
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ kernels with one host call, so the step costs its GPU time. Requirements, checke
 - an optimizer whose state lives on the GPU (torch's ``capturable=True``) and no GradScaler (it syncs every step);
 - autocast without its cache of cast weights, which would be filled once inside the capture.
 
-A train step's warm-up and capture run inside :func:`vitzoo.models._norm.norm_kernels_in_training`: the zoo's
+A train step's warm-up and capture run inside :func:`vitzoo.models._step_kernels.graph_step_kernels`: the zoo's
 LayerNorms then use the Triton forward and backward in training too (inference forwards always do). Eager training
 keeps torch's norm, whose host cost is lower; a replay has no host cost, and the kernels take about a tenth of the GPU
 time.
@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from vitzoo.models._norm import norm_kernels_in_training
+from vitzoo.models._step_kernels import graph_step_kernels
 
 __all__ = ["GraphedForward", "GraphedTrainStep", "WARMUP_STEPS"]
 
@@ -128,7 +128,7 @@ class GraphedTrainStep:
         self._state_tensors = list(model.parameters()) + list(model.buffers())
 
         saved = self._snapshot(device)
-        with self._lr_tensors(), norm_kernels_in_training(), warnings.catch_warnings():
+        with self._lr_tensors(), graph_step_kernels(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*capturable=True.*")  # warm-up steps run uncaptured
             with _side_stream():
                 for _ in range(warmup):

@@ -207,6 +207,10 @@ class AgentAttentionBase(nn.Module):
 
     def output(self, x: torch.Tensor, v_map: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C) agent output, v_map: (B, C, H, W) values on the query grid -> proj(x + dwc(v))."""
+        # v_map is usually a strided slice of the qkv output. The conv would copy it to a dense layout in the forward
+        # and again in its backward (autograd keeps the strided input); one explicit channels_last copy, saved for
+        # the backward, does it once.
+        v_map = v_map.contiguous(memory_format=torch.channels_last)
         x = x + self.dwc(v_map).flatten(2).transpose(1, 2)
         return self.proj_drop(self.proj(x))
 

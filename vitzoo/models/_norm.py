@@ -10,7 +10,8 @@ from 6268 to 11148 img/s and agent_swin_t to 11903 (kernels/README.md, "Seventh 
 With autograd the module is plain ``nn.LayerNorm``. The op has a Triton backward too, but through a Python
 ``autograd.Function`` one norm's fwd+bwd cost about 0.4 ms more host time than torch's native one on the lent
 machine, and the zoo's training steps are host-bound: nat_tiny training fell from 1464 to 1108 img/s with it.
-Where host time does not count, training uses the kernel too: inside :func:`norm_kernels_in_training` (entered by
+Where host time does not count, training uses the kernel too: inside
+:func:`~vitzoo.models._step_kernels.graph_step_kernels` (entered by
 ``vitzoo.cuda_graph`` for its warm-up and capture, so replays run the Triton forward and backward: about 10x less GPU
 time per norm, kernels/README.md, "Ninth run").
 On CPU the op is ``F.layer_norm`` in fp32, so outputs equal timm's and the official models' exactly.
@@ -19,9 +20,7 @@ hatch).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Iterator
 
 import timm.layers as timm_layers
 import torch
@@ -29,27 +28,17 @@ from torch import nn
 
 from vitzoo.ops import layer_norm
 
-__all__ = ["LayerNorm", "LayerNorm2d", "token_norm_layer", "norm_kernels_in_training", "FAST_NORM"]
+from ._step_kernels import graph_step_kernels_enabled
+
+__all__ = ["LayerNorm", "LayerNorm2d", "token_norm_layer", "FAST_NORM"]
 
 FAST_NORM = os.environ.get("VITZOO_FAST_NORM", "1") not in ("", "0", "false", "False")
-_KERNEL_IN_TRAINING = False
-
-
-@contextlib.contextmanager
-def norm_kernels_in_training(enabled: bool = True) -> Iterator[None]:
-    """Inside the block, forwards that record autograd use the Triton norm as well (its backward included): for
-    steps whose host time does not count, such as a CUDA graph's capture and its warm-up."""
-    global _KERNEL_IN_TRAINING
-    previous, _KERNEL_IN_TRAINING = _KERNEL_IN_TRAINING, enabled
-    try:
-        yield
-    finally:
-        _KERNEL_IN_TRAINING = previous
 
 
 def _use_kernel() -> bool:
-    """Whether a norm forward runs the op: without autograd, or inside :func:`norm_kernels_in_training`."""
-    return FAST_NORM and (_KERNEL_IN_TRAINING or not torch.is_grad_enabled())
+    """Whether a norm forward runs the op: without autograd, or inside
+    :func:`~vitzoo.models._step_kernels.graph_step_kernels`."""
+    return FAST_NORM and (graph_step_kernels_enabled() or not torch.is_grad_enabled())
 
 
 class LayerNorm(nn.LayerNorm):

@@ -46,6 +46,7 @@ from vitzoo.ops import biased_attention
 
 from ._agent_attn import (AgentAttentionBase, adapt_agent_bias_param, init_official_weights, parse_attn_types,
                           reset_linear_head, unwrap_state_dict)
+from ._linear import convert_linears
 from ._norm import LayerNorm
 from ._partition_attn import check_attn_backend
 
@@ -456,12 +457,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: AgentPvt) -> Dict[st
 
 def _create_agent_pvt(variant: str, pretrained: bool = False, **kwargs: Any) -> AgentPvt:
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 2, 2))))))
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         AgentPvt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
-    )
+    ))
 
 
 _REPO = "https://github.com/LeapLabTHU/Agent-Attention"

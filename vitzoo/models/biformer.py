@@ -43,6 +43,7 @@ except ImportError:  # older timm keeps it in the ViT module
     from timm.models.vision_transformer import LayerScale
 
 from ..ops import routed_attention
+from ._linear import convert_linears
 from ._norm import LayerNorm
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "AttentionLePE", "BiFormerBlock", "BiFormerStage",
@@ -438,12 +439,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs: Any) -> BiFormer:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         BiFormer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
         **kwargs,
-    )
+    ))
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

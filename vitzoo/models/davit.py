@@ -31,6 +31,7 @@ from timm.models._features import feature_take_indices
 from timm.models.davit import ConvPosEnc, Downsample, Stem
 from timm.models.davit import checkpoint_filter_fn as _timm_davit_filter
 
+from ._linear import convert_linears
 from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
 
@@ -401,11 +402,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 def _create_davit(variant: str, pretrained: bool = False, **kwargs: Any) -> DaViT:
     default_out_indices = tuple(range(len(kwargs.get("depths", (1, 1, 3, 1)))))
     out_indices = kwargs.pop("out_indices", default_out_indices)
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         DaViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs)
+        **kwargs))
 
 
 def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:

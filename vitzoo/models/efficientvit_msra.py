@@ -37,6 +37,7 @@ from timm.models.efficientvit_msra import ConvMlp, ConvNorm, NormLinear, PatchEm
 from vitzoo.ops import BACKENDS, neighborhood_attention_2d
 from vitzoo.ops._weight_cache import cached_from_weights
 
+from ._linear import convert_linears
 from ._conv_bn import fold_conv_norms
 
 __all__ = ["EfficientVitMsraVz", "CascadedGroupAttentionVz", "LocalWindowAttentionVz", "checkpoint_filter_fn"]
@@ -502,12 +503,12 @@ def _create_efficientvit_msra(variant: str, pretrained: bool = False, **kwargs) 
     out_indices = kwargs.pop("out_indices", (0, 1, 2))
     base = variant[len("vz_"):]
     model_args = dict(model_cfgs[base], **kwargs)
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         EfficientVitMsraVz, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **model_args,
-    )
+    ))
 
 
 def _cfg(base: str, **kwargs) -> dict:

@@ -27,6 +27,8 @@ from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet, checkpoint_fi
 
 from vitzoo.ops import BACKENDS, halo_attention_2d
 
+from ._linear import convert_linears
+
 __all__ = ["HaloAttnVz", "HaloNetVz", "checkpoint_filter_fn"]
 
 
@@ -147,13 +149,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_halonet(variant: str, pretrained: bool = False, **kwargs) -> HaloNetVz:
     base = variant[len("vz_"):]
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         HaloNetVz, variant, pretrained,
         model_cfg=timm_byoa_cfgs[base],
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
-    )
+    ))
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:

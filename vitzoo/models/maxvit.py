@@ -37,6 +37,7 @@ from timm.models.maxxvit import (
 )
 from timm.models.maxxvit import checkpoint_filter_fn as _timm_maxxvit_filter
 
+from ._linear import convert_linears
 from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
 
@@ -416,12 +417,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_maxvit(variant: str, cfg_variant: str, pretrained: bool = False, **kwargs: Any) -> MaxViT:
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         MaxViT, variant, pretrained,
         model_cfg=model_cfgs[cfg_variant],
         feature_cfg=dict(flatten_sequential=True),
         pretrained_filter_fn=checkpoint_filter_fn,
-        **kwargs)
+        **kwargs))
 
 
 def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:

@@ -44,6 +44,7 @@ from timm.models._features import feature_take_indices
 from vitzoo.ops import neighborhood_attention_2d
 from vitzoo.ops._backend import BACKENDS
 
+from ._linear import convert_linears
 from ._norm import LayerNorm
 
 __all__ = ["Nat", "NatBlock", "NatStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
@@ -463,12 +464,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Nat) -> Dict[str, to
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> Nat:
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (3, 4, 6, 5))))))
-    return build_model_with_cfg(
+    return convert_linears(build_model_with_cfg(
         Nat, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
-    )
+    ))
 
 
 _REPO = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"

@@ -7,4 +7,5 @@ from .agent import agent_attention, agent_pool, agent_biases, agent_swin_biases,
 from .halo import halo_attention_2d, halo_attention_2d_torch
 from .routed import route_regions, routed_attention, routed_attention_torch
 from .layer_norm import layer_norm, layer_norm_torch
+from .linear import linear
 from ._weight_cache import clear_weight_cache, weight_cache_enabled

@@ -40,8 +40,10 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[t
 
 
 def _forward_fake(q, k, v, bias, scale):
-    batch, heads, lq, _ = q.shape
-    return q.new_empty(batch, heads, lq, v.shape[-1]), q.new_empty(batch, heads, lq, dtype=torch.float32)
+    from vitzoo.kernels._layout import empty_in_layout_of
+
+    batch, heads, lq, _ = q.shape  # the real kernels' output layout, so traced graphs see the same strides
+    return empty_in_layout_of(q, (batch, heads, lq, v.shape[-1])), q.new_empty(batch, heads, lq, dtype=torch.float32)
 
 
 def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -55,8 +57,10 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
 
 
 def _backward_fake(grad_out, q, k, v, bias, out, lse, scale, bias_grad):
+    from vitzoo.kernels._layout import empty_in_layout_of
+
     dbias = bias.new_empty(bias.shape) if (bias is not None and bias_grad) else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
+    return empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v), dbias
 
 
 def _setup_context(ctx, inputs, output):
