@@ -115,7 +115,9 @@ class BiLevelRoutingAttention(nn.Module):
             n_win=self.n_win, topk=self.topk, scale=self.scale, backend=self.attn_backend,
         ).reshape(B, H, W, self.dim)
         if self.lepe is not None:
-            out = out + _to_nhwc(self.lepe(_to_nchw(v)))
+            # v is a strided slice of the qkv output: one dense channels_last copy, saved for the backward, instead
+            # of the conv's own copy in its forward and again in its backward
+            out = out + _to_nhwc(self.lepe(_to_nchw(v).contiguous(memory_format=torch.channels_last)))
         return self.proj(out)
 
 
