@@ -24,6 +24,8 @@ def empty_in_layout_of(like: torch.Tensor, shape: Optional[Sequence[int]] = None
     shape = tuple(like.shape) if shape is None else tuple(int(s) for s in shape)
     if len(shape) != like.dim():
         raise ValueError(f"empty_in_layout_of: shape {shape} must have {like.dim()} dims like the reference tensor")
+    if like.is_contiguous():  # the common case, without the host work below
+        return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
     strides = like.stride()
     order = sorted(range(like.dim()), key=lambda i: -strides[i])  # stable: ties keep the logical order
     buffer = torch.empty([shape[i] for i in order], device=like.device, dtype=dtype or like.dtype)
