@@ -31,6 +31,8 @@ from timm.models._features import feature_take_indices
 from timm.models.davit import ConvPosEnc, Downsample, Stem
 from timm.models.davit import checkpoint_filter_fn as _timm_davit_filter
 
+from vitzoo.ops import channel_attention, channel_attention_torch
+
 from ._linear import convert_linears
 from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
@@ -40,21 +42,29 @@ __all__ = ["DaViT", "SpatialBlock", "ChannelBlock", "ChannelAttention"]
 
 class ChannelAttention(nn.Module):
     """DaViT channel-group attention over (B, N, C) tokens: per head, a (d, d) attention ``softmax(scale * K^T V)``
-    mixes the channels of Q (timm's ``ChannelAttention``; the scale is applied to the (d, d) logits instead of K)."""
+    mixes the channels of Q (timm's ``ChannelAttention``; the scale is applied to the (d, d) logits instead of K).
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False):
+    Without autograd it runs :func:`vitzoo.ops.channel_attention` (on CUDA one Triton kernel reading q, k, v in place
+    in the qkv output; torch's batched matmuls first copied each to head-major order); with autograd the same
+    computation in torch (the kernel is forward-only).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_backend: str = "auto"):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
+        self.attn_backend = check_attn_backend(attn_backend)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (k.transpose(-1, -2) @ v).mul_(self.scale).softmax(dim=-1)  # (B, heads, d, d)
-        x = q @ attn.transpose(-1, -2)  # == (attn @ q^T)^T, (B, heads, N, d)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # (B, N, heads, d) views
+        if torch.is_grad_enabled() and q.requires_grad:
+            out = channel_attention_torch(q, k, v, self.scale)
+        else:
+            out = channel_attention(q, k, v, self.scale, backend=self.attn_backend)
+        return self.proj(out.reshape(B, N, C))
 
 
 class _DualBlockBase(nn.Module):
@@ -141,9 +151,10 @@ class ChannelBlock(_DualBlockBase):
             norm_layer: type = nn.LayerNorm,
             ffn: bool = True,
             cpe_act: bool = False,
+            attn_backend: str = "auto",
     ):
         super().__init__(dim, mlp_ratio, drop_path, act_layer, norm_layer, ffn, cpe_act)
-        self.attn = ChannelAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.attn = ChannelAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_backend=attn_backend)
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -188,7 +199,8 @@ class DaViTStage(nn.Module):
                         window_size=window_size, drop_path=drop_path_rates[block_idx], attn_backend=attn_backend,
                         **common)))
                 elif attn_type == "channel":
-                    pair.append(("channel_block", ChannelBlock(drop_path=drop_path_rates[block_idx], **common)))
+                    pair.append(("channel_block", ChannelBlock(drop_path=drop_path_rates[block_idx],
+                                                               attn_backend=attn_backend, **common)))
                 else:
                     raise ValueError(f"attn_types entries must be 'spatial' or 'channel', got {attn_type!r}")
             stage_blocks.append(

@@ -8,4 +8,5 @@ from .halo import halo_attention_2d, halo_attention_2d_torch
 from .routed import route_regions, routed_attention, routed_attention_torch
 from .layer_norm import layer_norm, layer_norm_torch
 from .linear import linear
+from .channel import channel_attention, channel_attention_torch
 from ._weight_cache import clear_weight_cache, weight_cache_enabled
