@@ -37,6 +37,8 @@ def _impls(quick: bool):
 
 
 def run(quick: bool = False) -> List[dict]:
+    from vitzoo.ops import channel_attention_torch
+
     rows: List[dict] = []
     for case, tokens, heads in (CASES[::2] if quick else CASES):
         qkv = torch.randn(BATCH, tokens, 3, heads, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
