@@ -11,21 +11,23 @@ One program per (batch, head) reads the tensors in place, through their strides:
 2. the row softmax of ``scale * kv`` in fp32, in registers (d x d, d <= 64);
 3. ``out = q @ attn^T`` per token tile, written in ``out``'s layout (token-major from the op).
 HBM traffic: q, k, v read once, out written once. The d x d softmax is cast to the input dtype before the second
-product, as torch's autocast matmul does. Forward only (inference): the op layer runs the torch formulation when
-autograd is needed.
+product, as torch's autocast matmul does. With ``SAVE_ATTN`` it also stores the fp32 softmax, (B, heads, d, d),
+for the backward (``channel_attention_bwd.py``); inference calls skip that write.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._launch import launch
+from ._layout import empty_in_layout_of
 from ._tuning import autotune_enabled, interpreting
 
-__all__ = ["channel_attention_fwd", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+__all__ = ["channel_attention_fwd", "check_inputs", "make_configs", "prune_configs", "SUPPORTED_HEAD_DIMS",
+           "SUPPORTED_DTYPES"]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64)  # tl.dot needs every dim >= 16; tl.arange needs powers of two
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -35,26 +37,28 @@ INTERPRET_BLOCK_N = 16  # tokens per tile under the CPU interpreter: several til
 _CONFIGS = ((64, 4, 3), (128, 4, 3), (32, 4, 3), (128, 8, 3), (64, 4, 2))
 
 
-def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+def prune_configs(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+    """One tiny tile under the interpreter; the first config without autotuning; all of them otherwise."""
     if interpreting():
         return [triton.Config({"BLOCK_N": INTERPRET_BLOCK_N}, num_warps=4, num_stages=1)]
     return configs if autotune_enabled() else configs[:1]
 
 
-@triton.autotune(
-    configs=[triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in _CONFIGS],
-    key=["N", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _prune},
-)
+def make_configs() -> List[triton.Config]:
+    """The token-tile configs (shared with the backward kernel)."""
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in _CONFIGS]
+
+
+@triton.autotune(configs=make_configs(), key=["N", "HEAD_DIM"], prune_configs_by={"early_config_prune": prune_configs})
 @triton.jit
 def _channel_attention_fwd_kernel(
-    Q, K, V, Out,
+    Q, K, V, Out, Attn,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_ob, stride_on, stride_oh, stride_od,
     H, N, scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SAVE_ATTN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // H
@@ -74,7 +78,10 @@ def _channel_attention_fwd_kernel(
 
     logits = kv * scale
     p = tl.exp(logits - tl.max(logits, 1)[:, None])
-    attn_t = tl.trans(p / tl.sum(p, 1)[:, None]).to(Q.dtype.element_ty)  # (j, i): out[n, i] = sum_j q[n, j] attn[i, j]
+    attn = p / tl.sum(p, 1)[:, None]
+    if SAVE_ATTN:  # fp32 (d, d) per (batch, head), for the backward
+        tl.store(Attn + pid * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :], attn)
+    attn_t = tl.trans(attn).to(Q.dtype.element_ty)  # (j, i): out[n, i] = sum_j q[n, j] attn[i, j]
 
     q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
     o_base = Out + b * stride_ob + h * stride_oh + offs_d[None, :] * stride_od
@@ -86,19 +93,27 @@ def _channel_attention_fwd_kernel(
         tl.store(o_base + rows[:, None] * stride_on, out.to(Out.dtype.element_ty), mask=row_ok)
 
 
-def channel_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q, k, v: (B, N, heads, d), one dtype, any strides; returns ``out`` (B, N, heads, d) contiguous (token-major: a
-    free reshape to (B, N, heads * d))."""
+def channel_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                          save_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """q, k, v: (B, N, heads, d), one dtype, any strides. Returns ``out`` (B, N, heads, d) in q's memory order
+    (token-major for views of a qkv projection: a free reshape to (B, N, heads * d)) and, when ``save_attn``, the
+    fp32 softmax (B, heads, d, d) for the backward (else None)."""
     batch, tokens, heads, head_dim = q.shape
+    check_inputs(q, k, v)
+    out = empty_in_layout_of(q)
+    attn = torch.empty((batch, heads, head_dim, head_dim), device=q.device, dtype=torch.float32) if save_attn else None
+    if out.numel() == 0:
+        return out, attn
+    launch(_channel_attention_fwd_kernel, (batch * heads,),
+           q, k, v, out, attn if attn is not None else out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+           heads, tokens, float(scale), HEAD_DIM=head_dim, SAVE_ATTN=save_attn)
+    return out, attn
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    head_dim = q.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"channel attention kernel: head_dim must be one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
     if k.shape != q.shape or v.shape != q.shape or not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"channel attention kernel: q, k, v must share shape and dtype, got {tuple(q.shape)} "
                          f"{q.dtype}, {tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
-    out = torch.empty((batch, tokens, heads, head_dim), device=q.device, dtype=q.dtype)
-    if out.numel() == 0:
-        return out
-    launch(_channel_attention_fwd_kernel, (batch * heads,),
-           q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-           heads, tokens, float(scale), HEAD_DIM=head_dim)
-    return out

@@ -1,5 +1,6 @@
-"""GPU correctness of the channel-attention forward kernel (DaViT) in bf16 / fp16 / fp32 against float64, at the
-DaViT-T stage shapes (batch 32) and an odd token count, with q, k, v as strided views of one qkv buffer.
+"""GPU correctness of the channel-attention kernels (DaViT): output and dq / dk / dv in bf16 / fp16 / fp32 against
+float64, at the DaViT-T stage shapes (batch 32) and odd token counts, with q, k, v as strided views of one qkv buffer;
+the no-grad forward (no saved softmax) too.
 
 Rule (FlashAttention's): relative error of the kernel <= 2 x that of the torch formulation on the same
 low-precision inputs + a small floor.
@@ -35,13 +36,26 @@ def run() -> List[Dict]:
         qkv = torch.randn(BATCH, tokens, 3, heads, dim, device=DEVICE, dtype=torch.float64)
         scale = dim ** -0.5
         exact = _exact(*qkv.unbind(2), scale)
+        exact_leaf = qkv.clone().requires_grad_(True)
+        grad = torch.randn(BATCH, tokens, heads, dim, device=DEVICE, dtype=torch.float64)
+        exact_out = _exact(*exact_leaf.unbind(2), scale)
+        (exact_grad,) = torch.autograd.grad(exact_out, exact_leaf, grad)
+        exact = [exact_out.detach()] + list(exact_grad.unbind(2))
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            views = qkv.to(dtype).unbind(2)  # strided (B, N, heads, d) views, as DaViT's qkv projection gives them
+            results = []
+            for fn in (lambda *t: channel_attention(*t, scale, backend="triton"),
+                       lambda *t: channel_attention_torch(*t, scale)):
+                leaf = qkv.to(dtype).requires_grad_(True)  # strided (B, N, heads, d) views, as DaViT's qkv gives them
+                out = fn(*leaf.unbind(2))
+                (g,) = torch.autograd.grad(out, leaf, grad.to(out.dtype))
+                results.append([out.detach()] + list(g.unbind(2)))
             with torch.no_grad():
-                out = channel_attention(*views, scale, backend="triton")
-                plain = channel_attention_torch(*views, scale)
-            err, ref_err = rel_err(out, exact), rel_err(plain, exact)
-            ok = err <= 2 * ref_err + FLOOR[dtype] and out.dtype == dtype and out.shape == exact.shape
-            rows.append(row(PATTERN, f"{case}_B{BATCH}", "out", dtype=str(dtype).replace("torch.", ""), err=err,
-                            ref_err=ref_err, ok=bool(ok)))
+                inference = channel_attention(*qkv.to(dtype).unbind(2), scale, backend="triton")
+            for name, a, p, e in zip(("out", "dq", "dk", "dv"), results[0], results[1], exact):
+                err, ref_err = rel_err(a, e), rel_err(p, e)
+                ok = err <= 2 * ref_err + FLOOR[dtype] and a.dtype == dtype and a.shape == e.shape
+                if name == "out":
+                    ok = ok and torch.equal(inference, a)  # the no-grad launch computes the same output
+                rows.append(row(PATTERN, f"{case}_B{BATCH}", name, dtype=str(dtype).replace("torch.", ""), err=err,
+                                ref_err=ref_err, ok=bool(ok)))
     return rows

@@ -31,7 +31,7 @@ from timm.models._features import feature_take_indices
 from timm.models.davit import ConvPosEnc, Downsample, Stem
 from timm.models.davit import checkpoint_filter_fn as _timm_davit_filter
 
-from vitzoo.ops import channel_attention, channel_attention_torch
+from vitzoo.ops import channel_attention
 
 from ._linear import convert_linears
 from ._norm import token_norm_layer
@@ -44,9 +44,8 @@ class ChannelAttention(nn.Module):
     """DaViT channel-group attention over (B, N, C) tokens: per head, a (d, d) attention ``softmax(scale * K^T V)``
     mixes the channels of Q (timm's ``ChannelAttention``; the scale is applied to the (d, d) logits instead of K).
 
-    Without autograd it runs :func:`vitzoo.ops.channel_attention` (on CUDA one Triton kernel reading q, k, v in place
-    in the qkv output; torch's batched matmuls first copied each to head-major order); with autograd the same
-    computation in torch (the kernel is forward-only).
+    Runs :func:`vitzoo.ops.channel_attention`: on CUDA Triton kernels reading q, k, v in place in the qkv output
+    (torch's batched matmuls first copy each to head-major order, and the output back).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_backend: str = "auto"):
@@ -60,10 +59,7 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # (B, N, heads, d) views
-        if torch.is_grad_enabled() and q.requires_grad:
-            out = channel_attention_torch(q, k, v, self.scale)
-        else:
-            out = channel_attention(q, k, v, self.scale, backend=self.attn_backend)
+        out = channel_attention(q, k, v, self.scale, backend=self.attn_backend)
         return self.proj(out.reshape(B, N, C))
 
 

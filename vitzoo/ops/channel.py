@@ -1,9 +1,9 @@
 """DaViT's channel attention (Ding et al., "DaViT: Dual Attention Vision Transformers", ECCV 2022; timm's
 ``ChannelAttention``): per head, a (d x d) softmax over channels, global over the tokens.
 
-``out = q @ softmax(scale * k^T @ v, dim=-1)^T`` on token-major (B, N, heads, d) tensors. The Triton kernel
-(``vitzoo.kernels.channel_attention_fwd``) is forward-only: it runs for calls without autograd (inference); with
-autograd the torch formulation runs (``backend="auto"``), and an explicit ``backend="triton"`` is refused.
+``out = q @ softmax(scale * k^T @ v, dim=-1)^T`` on token-major (B, N, heads, d) tensors. The Triton kernels
+(``vitzoo.kernels.channel_attention_fwd`` / ``_bwd``) read q, k, v in place, where torch's batched matmuls copy the
+head-split views to head-major tensors first and the output back afterwards.
 """
 from __future__ import annotations
 
@@ -39,15 +39,14 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
                       backend: str = "auto") -> torch.Tensor:
     """Channel attention of (B, N, heads, head_dim) q, k, v (any strides, e.g. views of one qkv projection).
 
-    Returns (B, N, heads, head_dim) in the inputs' common dtype (autocast's under autocast); the Triton result is
-    contiguous, so ``.reshape(B, N, heads * head_dim)`` is a view. ``scale`` defaults to ``head_dim ** -0.5``.
+    Returns (B, N, heads, head_dim) in the inputs' common dtype (autocast's under autocast); the Triton result (and
+    the gradients) follow q's (k's, v's) memory order, so for token-major views ``.reshape(B, N, heads * head_dim)``
+    is a view. ``scale`` defaults to ``head_dim ** -0.5``. Gradients flow to q, k and v.
     """
     _check(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
     def unsupported() -> Optional[str]:
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            return "the Triton channel attention is forward-only (no backward): with autograd use backend 'torch'"
         from vitzoo.kernels.channel_attention_fwd import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 
         if common_dtype(q, k, v) not in SUPPORTED_DTYPES:
@@ -57,8 +56,8 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         return None
 
     if resolve_backend(backend, q, k, v, op="channel_attention", unsupported_reason=unsupported) == "triton":
-        from vitzoo.kernels.channel_attention_fwd import channel_attention_fwd
+        from ._channel_triton import channel_attention_triton
 
         dtype = common_dtype(q, k, v)
-        return channel_attention_fwd(q.to(dtype), k.to(dtype), v.to(dtype), scale)
+        return channel_attention_triton(q.to(dtype), k.to(dtype), v.to(dtype), scale)
     return channel_attention_torch(q, k, v, scale)

@@ -1,0 +1,67 @@
+"""Triton path of :func:`vitzoo.ops.channel.channel_attention`: ``vitzoo.kernels.channel_attention_fwd`` / ``_bwd``
+registered through :class:`vitzoo.ops._triton_op.TritonOp` (custom ops ``vitzoo::channel_attention_fwd`` / ``_bwd``
+with fake impls and autograd, traced by ``torch.compile``). Calls without autograd launch the forward alone, without
+saving the softmax."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from ._triton_op import TritonOp
+
+__all__ = ["channel_attention_triton"]
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    from vitzoo.kernels.channel_attention_fwd import channel_attention_fwd
+
+    return channel_attention_fwd(q, k, v, scale, save_attn=True)
+
+
+def _forward_fake(q, k, v, scale):
+    from vitzoo.kernels._layout import empty_in_layout_of
+
+    batch, _, heads, head_dim = q.shape
+    return empty_in_layout_of(q), q.new_empty((batch, heads, head_dim, head_dim), dtype=torch.float32)
+
+
+def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: torch.Tensor,
+                   scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from vitzoo.kernels.channel_attention_bwd import channel_attention_bwd
+
+    return channel_attention_bwd(grad_out, q, k, v, attn, scale)
+
+
+def _backward_fake(grad_out, q, k, v, attn, scale):
+    from vitzoo.kernels._layout import empty_in_layout_of
+
+    return empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale = inputs
+    _, attn = output
+    ctx.save_for_backward(q, k, v, attn)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(attn)
+
+
+def _backward(ctx, backward_fn, grad_out, grad_attn):
+    q, k, v, attn = ctx.saved_tensors
+    dq, dk, dv = backward_fn(grad_out, q, k, v, attn, ctx.scale)
+    return dq, dk, dv, None
+
+
+_OP = TritonOp("channel_attention", _forward, _forward_fake, _backward_impl, _backward_fake, _setup_context,
+               _backward)
+
+
+def channel_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Run the kernels on (B, N, heads, d) q, k, v of one dtype; returns out in q's memory order."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        out, _ = _OP(q, k, v, float(scale))
+        return out
+    from vitzoo.kernels.channel_attention_fwd import channel_attention_fwd
+
+    return channel_attention_fwd(q, k, v, scale)[0]
