@@ -31,13 +31,14 @@ from timm.models._features import feature_take_indices
 from timm.models.davit import ConvPosEnc, Downsample, Stem
 from timm.models.davit import checkpoint_filter_fn as _timm_davit_filter
 
-from vitzoo.ops import channel_attention
+from vitzoo.ops import bias_residual_add, channel_attention
 
 from ._linear import convert_linears
 from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
+from ._step_kernels import graph_step_kernels_enabled
 
-__all__ = ["DaViT", "SpatialBlock", "ChannelBlock", "ChannelAttention"]
+__all__ = ["DaViT", "SpatialBlock", "ChannelBlock", "ChannelAttention", "PosConv"]
 
 
 class ChannelAttention(nn.Module):
@@ -63,6 +64,29 @@ class ChannelAttention(nn.Module):
         return self.proj(out.reshape(B, N, C))
 
 
+class PosConv(ConvPosEnc):
+    """timm's ``ConvPosEnc`` (``x + act(dwconv3x3(x))``, same parameters). Without an activation, on CUDA maps and
+    where host time does not count (no autograd, or a graphed training step), the conv runs without its bias and
+    :func:`vitzoo.ops.bias_residual_add` adds bias and residual in one pass: torch adds a conv bias to a channels_last
+    bf16 map with a non-vectorized broadcast kernel, then the residual in a second pass (kernels/README.md, eleventh
+    run)."""
+
+    def __init__(self, dim: int, k: int = 3, act: bool = False, attn_backend: str = "auto"):
+        super().__init__(dim=dim, k=k, act=act)
+        self.backend = check_attn_backend(attn_backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = (isinstance(self.act, nn.Identity) and self.proj.bias is not None
+                 and (x.is_cuda or self.backend == "triton")
+                 and (graph_step_kernels_enabled() or not torch.is_grad_enabled()))
+        if not fused:
+            return super().forward(x)
+        conv = self.proj
+        feat = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        out = bias_residual_add(x.permute(0, 2, 3, 1), feat.permute(0, 2, 3, 1), conv.bias, backend=self.backend)
+        return out.permute(0, 3, 1, 2)
+
+
 class _DualBlockBase(nn.Module):
     """cpe1 -> norm1 -> token mixer -> residual -> cpe2 -> [norm2 -> MLP -> residual]; NCHW in and out. The mixer
     (``_mix``) sees the normalized map as (B, H, W, C)."""
@@ -76,12 +100,13 @@ class _DualBlockBase(nn.Module):
             norm_layer: type,
             ffn: bool,
             cpe_act: bool,
+            attn_backend: str = "auto",
     ):
         super().__init__()
-        self.cpe1 = ConvPosEnc(dim=dim, k=3, act=cpe_act)
+        self.cpe1 = PosConv(dim=dim, k=3, act=cpe_act, attn_backend=attn_backend)
         self.norm1 = norm_layer(dim)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.cpe2 = ConvPosEnc(dim=dim, k=3, act=cpe_act)
+        self.cpe2 = PosConv(dim=dim, k=3, act=cpe_act, attn_backend=attn_backend)
         self.ffn = ffn
         if ffn:
             self.norm2 = norm_layer(dim)
@@ -120,7 +145,7 @@ class SpatialBlock(_DualBlockBase):
             cpe_act: bool = False,
             attn_backend: str = "auto",
     ):
-        super().__init__(dim, mlp_ratio, drop_path, act_layer, norm_layer, ffn, cpe_act)
+        super().__init__(dim, mlp_ratio, drop_path, act_layer, norm_layer, ffn, cpe_act, attn_backend)
         self.window_size = to_2tuple(window_size)
         self.attn = PartitionAttention2d(dim, num_heads, qkv_bias=qkv_bias, attn_backend=attn_backend)
 
@@ -149,7 +174,7 @@ class ChannelBlock(_DualBlockBase):
             cpe_act: bool = False,
             attn_backend: str = "auto",
     ):
-        super().__init__(dim, mlp_ratio, drop_path, act_layer, norm_layer, ffn, cpe_act)
+        super().__init__(dim, mlp_ratio, drop_path, act_layer, norm_layer, ffn, cpe_act, attn_backend)
         self.attn = ChannelAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_backend=attn_backend)
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:

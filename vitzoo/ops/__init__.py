@@ -9,4 +9,5 @@ from .routed import route_regions, routed_attention, routed_attention_torch
 from .layer_norm import layer_norm, layer_norm_torch
 from .linear import linear
 from .channel import channel_attention, channel_attention_torch
+from .residual import bias_residual_add
 from ._weight_cache import clear_weight_cache, weight_cache_enabled
