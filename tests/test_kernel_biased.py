@@ -240,7 +240,8 @@ def test_untuned_default_tiles_on_gpu(monkeypatch, kernel_name, lq, lk, mode, wa
     import importlib
 
     module = importlib.import_module(f"vitzoo.kernels.{kernel_name}")
-    kernel = next(getattr(module, n) for n in dir(module) if n.startswith("_biased_attention_") and n.endswith("kernel"))
+    kernel = next(getattr(module, n) for n in dir(module)
+                  if n.startswith("_biased_attention_") and n.endswith("kernel"))
     prune = kernel.early_config_prune
     args = dict(Lq=lq, Lk=lk) if mode is None else dict(Lq=lq, Lk=lk, DBIAS_MODE=mode)
     blocks = ("BLOCK_N", "BLOCK_M") if "dkdv" in kernel_name else ("BLOCK_M", "BLOCK_N")

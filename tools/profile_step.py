@@ -112,7 +112,8 @@ def profile_model(name: str, args, device: torch.device) -> Dict:
         f.write(events.table(sort_by=sort_key, row_limit=TOP_ROWS, max_name_column_width=70))
         f.write("\n")
         f.write(events.table(sort_by="self_cpu_time_total", row_limit=TOP_ROWS, max_name_column_width=70))
-    row = {"model": name, "mode": args.mode, "graph_kernels": args.graph_kernels, "batch": args.batch, "img": size, "amp": args.amp,
+    row = {"model": name, "mode": args.mode, "graph_kernels": args.graph_kernels, "batch": args.batch, "img": size,
+           "amp": args.amp,
            "wall_ms_per_step": wall_ms, "img_per_s": args.batch / wall_ms * 1e3,
            "gpu_ms_per_step": gpu_ms if device.type == "cuda" else None,
            "gpu_busy": gpu_ms / wall_ms if device.type == "cuda" else None,
