@@ -7,7 +7,7 @@ Read at import time, because ``@triton.autotune`` lists are built when the kerne
 """
 import os
 
-__all__ = ["interpreting", "autotune_enabled"]
+__all__ = ["interpreting", "autotune_enabled", "mode_pruner"]
 
 
 def interpreting() -> bool:
@@ -16,3 +16,15 @@ def interpreting() -> bool:
 
 def autotune_enabled() -> bool:
     return not interpreting() and os.environ.get("VITZOO_AUTOTUNE", "1") not in ("0", "false", "False")
+
+
+def mode_pruner(interpret_config):
+    """``early_config_prune`` for kernels whose configs need no shape filtering: ``interpret_config`` (a small tile)
+    under the interpreter, the first config (the untuned default) with autotuning off, all of them otherwise."""
+
+    def prune(configs, named_args, **kwargs):
+        if interpreting():
+            return [interpret_config]
+        return configs if autotune_enabled() else configs[:1]
+
+    return prune

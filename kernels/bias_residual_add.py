@@ -8,16 +8,14 @@ dtype. One program covers ``BLOCK_M = TILE // BLOCK_C`` rows of ``BLOCK_C = next
 """
 from __future__ import annotations
 
-from typing import Dict, List
-
 import torch
 import triton
 import triton.language as tl
 
 from ._intmath import cdiv, next_pow2
 from ._launch import launch
-from ._tuning import autotune_enabled, interpreting
-from .layer_norm_fwd import block_rows
+from ._tuning import mode_pruner
+from .layer_norm_fwd import block_rows, tile_configs
 
 __all__ = ["bias_residual_add"]
 
@@ -25,14 +23,8 @@ INTERPRET_TILE = 256  # elements per program under the CPU interpreter: several 
 _TILES = ((4096, 4), (8192, 8), (2048, 4))  # (elements per program, warps); the first is the untuned default
 
 
-def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-    if interpreting():
-        return [triton.Config({"TILE": INTERPRET_TILE}, num_warps=4, num_stages=1)]
-    return configs if autotune_enabled() else configs[:1]
-
-
-@triton.autotune(configs=[triton.Config({"TILE": t}, num_warps=w, num_stages=1) for t, w in _TILES],
-                 key=["M", "C"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=tile_configs(_TILES), key=["M", "C"], prune_configs_by={
+    "early_config_prune": mode_pruner(triton.Config({"TILE": INTERPRET_TILE}, num_warps=4, num_stages=1))})
 @triton.heuristics({"BLOCK_M": block_rows})
 @triton.jit
 def _bias_residual_add_kernel(

@@ -16,7 +16,7 @@ for the backward (``channel_attention_bwd.py``); inference calls skip that write
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._layout import empty_in_layout_of
-from ._tuning import autotune_enabled, interpreting
+from ._tuning import mode_pruner
 
 __all__ = ["channel_attention_fwd", "check_inputs", "make_configs", "prune_configs", "SUPPORTED_HEAD_DIMS",
            "SUPPORTED_DTYPES"]
@@ -37,11 +37,8 @@ INTERPRET_BLOCK_N = 16  # tokens per tile under the CPU interpreter: several til
 _CONFIGS = ((64, 4, 3), (128, 4, 3), (32, 4, 3), (128, 8, 3), (64, 4, 2))
 
 
-def prune_configs(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-    """One tiny tile under the interpreter; the first config without autotuning; all of them otherwise."""
-    if interpreting():
-        return [triton.Config({"BLOCK_N": INTERPRET_BLOCK_N}, num_warps=4, num_stages=1)]
-    return configs if autotune_enabled() else configs[:1]
+# one tiny tile under the interpreter; the first config without autotuning; all of them otherwise
+prune_configs = mode_pruner(triton.Config({"BLOCK_N": INTERPRET_BLOCK_N}, num_warps=4, num_stages=1))
 
 
 def make_configs() -> List[triton.Config]:

@@ -38,6 +38,12 @@ def test_gradients_and_compile():
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     compiled = torch.compile(lambda *t: bias_residual_add(*t, backend="triton"), backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x, y, bias), out)
+    from vitzoo.ops.residual import _OP
+
+    rows = (x.detach().reshape(-1, 16), y.detach().reshape(-1, 16), bias.detach(), torch.float32)
+    torch.library.opcheck(_OP.forward_op, rows, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(_OP.backward_op, (grad.reshape(-1, 16), torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
     with pytest.raises(ValueError, match="bias be"):
         bias_residual_add(x, y, torch.zeros(3))
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from vitzoo.ops import layer_norm
 
-from ._step_kernels import graph_step_kernels_enabled
+from ._step_kernels import host_cost_free
 
 __all__ = ["LayerNorm", "LayerNorm2d", "token_norm_layer", "FAST_NORM"]
 
@@ -38,7 +38,7 @@ FAST_NORM = os.environ.get("VITZOO_FAST_NORM", "1") not in ("", "0", "false", "F
 def _use_kernel() -> bool:
     """Whether a norm forward runs the op: without autograd, or inside
     :func:`~vitzoo.models._step_kernels.graph_step_kernels`."""
-    return FAST_NORM and (graph_step_kernels_enabled() or not torch.is_grad_enabled())
+    return FAST_NORM and host_cost_free()
 
 
 class LayerNorm(nn.LayerNorm):

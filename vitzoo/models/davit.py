@@ -36,7 +36,7 @@ from vitzoo.ops import bias_residual_add, channel_attention
 from ._linear import convert_linears
 from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
-from ._step_kernels import graph_step_kernels_enabled
+from ._step_kernels import host_cost_free
 
 __all__ = ["DaViT", "SpatialBlock", "ChannelBlock", "ChannelAttention", "PosConv"]
 
@@ -77,8 +77,7 @@ class PosConv(ConvPosEnc):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = (isinstance(self.act, nn.Identity) and self.proj.bias is not None
-                 and (x.is_cuda or self.backend == "triton")
-                 and (graph_step_kernels_enabled() or not torch.is_grad_enabled()))
+                 and (x.is_cuda or self.backend == "triton") and host_cost_free())
         if not fused:
             return super().forward(x)
         conv = self.proj

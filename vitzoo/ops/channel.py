@@ -45,12 +45,13 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     """
     _check(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    dtype = common_dtype(q, k, v)
 
     def unsupported() -> Optional[str]:
         from vitzoo.kernels.channel_attention_fwd import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 
-        if common_dtype(q, k, v) not in SUPPORTED_DTYPES:
-            return f"dtype must be one of {SUPPORTED_DTYPES}, got {common_dtype(q, k, v)}"
+        if dtype not in SUPPORTED_DTYPES:
+            return f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}"
         if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
             return f"head_dim must be one of {SUPPORTED_HEAD_DIMS}, got {q.shape[-1]}"
         return None
@@ -58,6 +59,5 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     if resolve_backend(backend, q, k, v, op="channel_attention", unsupported_reason=unsupported) == "triton":
         from ._channel_triton import channel_attention_triton
 
-        dtype = common_dtype(q, k, v)
         return channel_attention_triton(q.to(dtype), k.to(dtype), v.to(dtype), scale)
     return channel_attention_torch(q, k, v, scale)

@@ -21,9 +21,15 @@ import torch.nn.functional as F
 
 from .biased import _autocast_dtype
 
-__all__ = ["linear"]
+__all__ = ["linear", "column_sum"]
 
 _AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def column_sum(grad_2d: torch.Tensor) -> torch.Tensor:
+    """Sum over the rows of an (M, N) gradient, as one GEMV ``grad^T @ ones`` (fp32 accumulation, grad's dtype out):
+    the bias gradient of a Linear, or of any per-channel bias added to (M, N) rows (module docstring says why)."""
+    return torch.mv(grad_2d.t(), grad_2d.new_ones(grad_2d.shape[0]))
 
 
 class _LinearGemvBiasGrad(torch.autograd.Function):
@@ -44,7 +50,7 @@ class _LinearGemvBiasGrad(torch.autograd.Function):
             if ctx.needs_input_grad[1]:  # torch's orientation (x^T @ grad, transposed view): its cuBLAS kernel choice
                 grad_w = x.reshape(-1, x.shape[-1]).t().mm(grad_2d).t()
             if ctx.needs_input_grad[2]:
-                grad_b = torch.mv(grad_2d.t(), grad_2d.new_ones(grad_2d.shape[0]))
+                grad_b = column_sum(grad_2d)
         return grad_x, grad_w, grad_b
 
 

@@ -2,7 +2,9 @@
 ``x + conv(x)`` position encodings whose conv runs without its bias (``vitzoo.kernels.bias_residual_add`` says why).
 
 The output dtype is torch's promotion of x and y (what ``x + conv(x)`` gives); the sum is taken in fp32. Gradients:
-``dx = dy = grad`` and the bias gradient as one GEMV (``grad^T @ ones``, as :func:`vitzoo.ops.linear`).
+``dx = dy = grad`` and the bias gradient as one GEMV (:func:`vitzoo.ops.linear.column_sum`). Registered through
+:class:`~vitzoo.ops._triton_op.TritonOp` (custom ops ``vitzoo::bias_residual_add_fwd`` / ``_bwd`` under
+``torch.compile``; eager calls launch the kernel directly, without the custom-op dispatch).
 """
 from __future__ import annotations
 
@@ -11,62 +13,45 @@ from typing import Optional
 import torch
 
 from ._backend import resolve_backend
+from ._triton_op import TritonOp
+from .linear import column_sum
 
 __all__ = ["bias_residual_add"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@torch.library.custom_op("vitzoo::bias_residual_add", mutates_args=())
-def _kernel(x2d: torch.Tensor, y2d: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def _forward(x2d: torch.Tensor, y2d: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     from vitzoo.kernels.bias_residual_add import bias_residual_add as launch_kernel
 
     return launch_kernel(x2d, y2d, bias, out_dtype)
 
 
-@_kernel.register_fake
-def _kernel_fake(x2d, y2d, bias, out_dtype):
+def _forward_fake(x2d, y2d, bias, out_dtype):
     return x2d.new_empty(x2d.shape, dtype=out_dtype)
 
 
+def _backward_impl(grad: torch.Tensor, bias_dtype: torch.dtype) -> torch.Tensor:
+    """The bias gradient (the other two are ``grad`` itself): one GEMV, in grad's dtype like torch's autocast conv
+    bias gradient, then the bias's dtype."""
+    return column_sum(grad).to(bias_dtype)
+
+
+def _backward_fake(grad, bias_dtype):
+    return grad.new_empty(grad.shape[1:], dtype=bias_dtype)
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype, inputs[2].dtype)
+    ctx.dtypes = tuple(t.dtype for t in inputs[:3])
 
 
-def _grads(ctx, grad):
-    """dx = dy = grad; the bias gradient as one GEMV (grad^T @ ones) in grad's dtype, like torch's autocast conv bias
-    gradient."""
-    grad_bias = torch.mv(grad.t(), grad.new_ones(grad.shape[0])).to(ctx.dtypes[2])
-    return grad.to(ctx.dtypes[0]), grad.to(ctx.dtypes[1]), grad_bias, None
+def _backward(ctx, backward_fn, grad):
+    x_dtype, y_dtype, bias_dtype = ctx.dtypes
+    return grad.to(x_dtype), grad.to(y_dtype), backward_fn(grad, bias_dtype), None
 
 
-_kernel.register_autograd(_grads, setup_context=_setup_context)
-
-
-class _Eager(torch.autograd.Function):
-    """The eager path with autograd: the kernel without the custom-op dispatch (about 0.1 ms of host time per call
-    on the lent host), same gradients."""
-
-    @staticmethod
-    def forward(ctx, x2d, y2d, bias, out_dtype):
-        from vitzoo.kernels.bias_residual_add import bias_residual_add as launch_kernel
-
-        _setup_context(ctx, (x2d, y2d, bias), None)
-        return launch_kernel(x2d, y2d, bias, out_dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _grads(ctx, grad)
-
-
-def _run_kernel(x2d: torch.Tensor, y2d: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return _kernel(x2d, y2d, bias, out_dtype)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x2d, y2d, bias)):
-        return _Eager.apply(x2d, y2d, bias, out_dtype)
-    from vitzoo.kernels.bias_residual_add import bias_residual_add as launch_kernel
-
-    return launch_kernel(x2d, y2d, bias, out_dtype)
+_OP = TritonOp("bias_residual_add", _forward, _forward_fake, _backward_impl, _backward_fake, _setup_context,
+               _backward)
 
 
 def _torch(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -90,6 +75,6 @@ def bias_residual_add(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, back
 
     if resolve_backend(backend, x, y, bias, op="bias_residual_add", unsupported_reason=unsupported) == "triton":
         channels = x.shape[-1]
-        out = _run_kernel(x.reshape(-1, channels), y.reshape(-1, channels), bias, out_dtype)
+        out = _OP(x.reshape(-1, channels), y.reshape(-1, channels), bias, out_dtype)
         return out.view(x.shape)
     return _torch(x, y, bias).to(out_dtype)
