@@ -1,5 +1,8 @@
 """Backward of biased dense attention: orchestrates the three backward kernels (no kernel of its own).
 
+Calls whose queries and keys each fit one register tile (at most 64: Agent attention at 7x7 maps, PVT's last
+stage) take the one-pass ``tile_attention_bwd`` instead. Otherwise:
+
 1. ``biased_attention_bwd_delta``: delta = rowsum(dO * O).
 2. ``biased_attention_bwd_dkdv``: dk, dv (programs over key tiles, loop over queries).
 3. ``biased_attention_bwd_dq``: dq (programs over query tiles, loop over keys).
@@ -17,6 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import tile_attention_bwd as tile
 from ._biased_attention_common import (DBIAS_GLOBAL, DBIAS_NONE, DBIAS_REGISTERS, REGISTER_DBIAS_MAX, bias_strides,
                                        check_head_dims, chunk_split, next_block)
 from ._layout import empty_in_layout_of
@@ -39,9 +43,11 @@ def biased_attention_bwd(
     batch, heads, lq, head_dim = q.shape
     lk, v_dim = k.shape[2], v.shape[3]
     check_head_dims(head_dim, v_dim)
-    delta = biased_attention_bwd_delta(out, grad_out)
     # each gradient in its input's memory order, so the backward of the caller's head-split view is a view too
     dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+    if _fits_one_tile(lq, lk, bias, bias_grad):
+        return dq, dk, dv, _tile_backward(grad_out, q, k, v, bias, lse, dq, dk, dv, scale, bias_grad)
+    delta = biased_attention_bwd_delta(out, grad_out)
     strides = bias_strides(bias, batch, heads, lq, lk)
     trivial = (batch, heads, 1, 1, 1, 1)  # slot_b, slot_h, h_rep, members, members_per_chunk, n_chunks
 
@@ -77,3 +83,27 @@ def biased_attention_bwd(
     biased_attention_bwd_dq(q, k, v, bias, grad_out, lse, delta, dq, partial, strides, scale, dq_split, dq_mode)
     dbias = partial[0] if n_chunks == 1 else partial.sum(0)
     return dq, dk, dv, dbias.to(bias.dtype)
+
+
+def _fits_one_tile(lq: int, lk: int, bias: Optional[torch.Tensor], bias_grad: bool) -> bool:
+    """Whether ``tile_attention_bwd`` takes this call: both sides fit one register tile and the bias (if its
+    gradient is wanted) is shared over the batch, so one program's batch elements sum into one register tile."""
+    return (tile.ENABLED and max(lq, lk) <= tile.MAX_TILE
+            and (bias is None or bias.shape[0] == 1 or (not bias_grad and bias.stride(0) == 0)))
+
+
+def _tile_backward(grad_out, q, k, v, bias, lse, dq, dk, dv, scale: float, bias_grad: bool) -> Optional[torch.Tensor]:
+    """dq, dk, dv (written in place) and d_bias in one pass: every (batch, head) sequence is one tile, seen as one
+    row of a (B, 1, L, heads, d) map."""
+    def as_row(t):  # (B, H, L, d) -> (B, 1, L, H, d) view
+        return t.transpose(1, 2).unsqueeze(1)
+
+    d_bias = tile.tile_attention_bwd(
+        as_row(grad_out), as_row(q), as_row(k), as_row(v), lse.transpose(1, 2).unsqueeze(1),
+        None if bias is None else bias[0], as_row(dq), as_row(dk), as_row(dv),
+        tile.TileGeometry.sequence(q.shape[2], k.shape[2]), scale, bias_grad)
+    if d_bias is None:
+        return None
+    if bias.shape[1] == 1:  # one bias for every head
+        d_bias = d_bias.sum(0, keepdim=True)
+    return d_bias.unsqueeze(0).to(bias.dtype)

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import vitzoo.kernels.biased_attention_bwd as bwd_module  # noqa: E402
+import vitzoo.kernels.tile_attention_bwd as tile  # noqa: E402
 from vitzoo.kernels.biased_attention_fwd import biased_attention_fwd  # noqa: E402
 from vitzoo.ops import agent_attention, biased_attention  # noqa: E402
 
@@ -100,6 +101,20 @@ def _bias(kind, b, h, lq, lk, dtype=torch.float32):
     return torch.randn(tuple(sizes[c] for c in kind), dtype=dtype)
 
 
+@pytest.fixture
+def general_kernels(monkeypatch):
+    """The delta + dk/dv + dq kernels even for calls the one-tile backward would take (VITZOO_TILE_BACKWARD=0)."""
+    monkeypatch.setattr(tile, "ENABLED", False)
+
+
+@pytest.fixture(params=["one_tile", "general"])
+def backward_path(request, monkeypatch):
+    """Both backward paths of calls that fit one tile."""
+    monkeypatch.setattr(tile, "ENABLED", request.param == "one_tile")
+    return request.param
+
+
+@pytest.mark.usefixtures("general_kernels")
 @pytest.mark.parametrize("case", list(CASES))
 def test_fp32_matches_float64(case, monkeypatch):
     b, h, lq, lk, d, dv, kind, reg_max, n_chunks, owner = CASES[case]
@@ -111,6 +126,7 @@ def test_fp32_matches_float64(case, monkeypatch):
     assert seen == [owner]
 
 
+@pytest.mark.usefixtures("general_kernels")
 def test_global_partials_are_deterministic(monkeypatch):
     monkeypatch.setattr(bwd_module, "REGISTER_DBIAS_MAX", 16)
     _force_split(monkeypatch, 2)
@@ -121,7 +137,7 @@ def test_global_partials_are_deterministic(monkeypatch):
         assert torch.equal(a, c)
 
 
-def test_fp16_strided_inputs_no_bias_grad():
+def test_fp16_strided_inputs_no_bias_grad(backward_path):
     """fp16 q/k/v in the official (b, n, heads, d) -> permute layout (non-contiguous), fp32 bias without grad."""
     b, h, n, agents, d = 2, 2, 24, 9, 16
     x = torch.randn(b, n, 3, h, d).half()
@@ -131,6 +147,41 @@ def test_fp16_strided_inputs_no_bias_grad():
     _check(q, k, v, _bias("hqk", b, h, n, n), tol=2e-3, bias_grad=False)
     tokens = torch.randn(b, h, agents, d).half()
     _check(tokens, k, v, _bias("hqk", b, h, agents, n), tol=2e-3)
+
+
+# (B, H, Lq, Lk, d, d_v, bias shape): queries and keys each fit one tile, the bias is shared over the batch
+ONE_TILE_CASES = {
+    "agents-read-keys-per-head-bias": (2, 3, 9, 40, 16, 32, "hqk"),
+    "keys-are-agents-one-bias-for-all-heads": (2, 2, 37, 9, 32, 16, "11qk"),
+    "full-64-by-64-d64": (1, 2, 64, 64, 64, 64, "1hqk"),
+    "2-d-bias": (3, 1, 17, 23, 16, 16, "qk"),
+    "no-bias": (2, 2, 17, 30, 32, 32, None),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_TILE_CASES))
+def test_one_tile_backward_matches_float64(case, monkeypatch):
+    """Calls whose queries and keys each fit one tile train through kernels/tile_attention_bwd.py: outputs and
+    dq / dk / dv / d_bias against float64 (the bias gradient summed over the batch, and over heads for a bias shared
+    by all heads)."""
+    b, h, lq, lk, d, dv, kind = ONE_TILE_CASES[case]
+    calls = []
+    real = tile.tile_attention_bwd
+    monkeypatch.setattr(tile, "tile_attention_bwd", lambda *args: calls.append(1) or real(*args))
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, dv)
+    _check(q, k, v, _bias(kind, b, h, lq, lk) if kind else None, tol=1e-4)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("shape, bias_kind", [((2, 2, 9, 65), "hqk"), ((2, 2, 20, 20), "bhqk")])
+def test_larger_or_per_sample_bias_calls_take_the_general_kernels(shape, bias_kind, monkeypatch):
+    """More than 64 keys, or a per-sample bias whose gradient is wanted: the delta + dk/dv + dq kernels."""
+    b, h, lq, lk = shape
+    calls = []
+    monkeypatch.setattr(tile, "tile_attention_bwd", lambda *args: calls.append(1))
+    q, k, v = torch.randn(b, h, lq, 16), torch.randn(b, h, lk, 16), torch.randn(b, h, lk, 16)
+    _check(q, k, v, _bias(bias_kind, b, h, lq, lk), tol=1e-4)
+    assert not calls
 
 
 def test_outputs_and_grads_follow_the_input_memory_order():
@@ -167,7 +218,7 @@ def test_outputs_and_grads_follow_the_input_memory_order():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_inf_masked_tile_and_no_bias():
+def test_inf_masked_tile_and_no_bias(backward_path):
     b, h, lq, lk, d = 1, 2, 18, 40, 16
     q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
     mask = torch.zeros(h, lq, lk)

@@ -195,6 +195,84 @@ def test_forward_large_kernels(kernel, dilation, stride, size):
     assert float((torch_out.double() - ref).norm() / ref.norm()) < 2e-5
 
 
+def _spy_tile(monkeypatch):
+    """Record every call of the one-tile backward kernel's launcher."""
+    from vitzoo.kernels import tile_attention_bwd as tile
+
+    calls = []
+    real = tile.tile_attention_bwd
+    monkeypatch.setattr(tile, "tile_attention_bwd", lambda *args, **kw: calls.append(args[9]) or real(*args, **kw))
+    return calls
+
+
+# (shape (B, H, W, heads, d), kernel, dilation, rpb, bias, v_dim): stride == kernel on exactly tiled maps
+TILE_CASES = {
+    "windows_rpb": ((2, 8, 8, 2, 16), (4, 4), (1, 1), True, False, None),
+    "grid_bias_padded_v_dim": ((1, 8, 8, 1, 16), (4, 4), (2, 2), False, True, 24),
+    "odd_windows_rpb_bias_dilated": ((1, 6, 8, 3, 32), (3, 4), (2, 1), True, True, None),
+    "one_window_no_position_terms": ((2, 4, 4, 1, 16), (4, 4), (1, 1), False, False, None),
+    # 48 windows over 32 programs (the CPU's 4 "SMs"): two windows summed per program's bias-gradient partial
+    "chunked_windows_rpb": ((3, 16, 16, 1, 16), (4, 4), (1, 1), True, False, None),
+    "full_tile_8x8_d64": ((1, 8, 8, 1, 64), (8, 8), (1, 1), True, False, None),
+}
+
+
+@pytest.mark.usefixtures("nan_poisoned_empty")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("name", list(TILE_CASES))
+def test_one_tile_backward_matches_float64(name, dtype, monkeypatch):
+    """Windows / grids of at most 64 tokens train through kernels/tile_attention_bwd.py (one pass: dq, dk, dv and
+    the rpb / dense-bias gradients); every output against the float64 brute force, unwritten elements NaN."""
+    shape, kernel, dilation, rpb, bias, v_dim = TILE_CASES[name]
+    calls = _spy_tile(monkeypatch)
+    _check(shape, kernel, dilation, kernel, rpb, bias, dtype=dtype, v_dim=v_dim)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((1, 9, 9, 1, 16), (9, 9), (9, 9)),  # 81 tokens: more than one tile
+    ((1, 10, 9, 1, 16), (4, 4), (4, 4)),  # windows shifted inward at the borders: not an exact tiling
+    ((1, 8, 8, 1, 16), (4, 4), (2, 2)),  # overlapping windows
+])
+def test_other_windows_take_the_general_kernels(shape, kernel, stride, monkeypatch):
+    calls = _spy_tile(monkeypatch)
+    _check(shape, kernel, (1, 1), stride, rpb=True)
+    assert not calls
+
+
+@pytest.mark.parametrize("name", ["window_stride_eq_kernel", "maxvit_grid", "thin_windows_rpb"])
+def test_general_kernels_on_tileable_windows(name, monkeypatch):
+    """With the one-tile backward off (VITZOO_TILE_BACKWARD=0) the same windows train through the general dq and
+    dk/dv kernels, which still serve every other geometry."""
+    from vitzoo.kernels import tile_attention_bwd as tile
+
+    monkeypatch.setattr(tile, "ENABLED", False)
+    calls = _spy_tile(monkeypatch)
+    shape, kernel, dilation, stride, rpb, bias = CASES[name]
+    _check(shape, kernel, dilation, stride, rpb, bias)
+    assert not calls
+
+
+def test_one_tile_backward_deterministic():
+    tensors = _inputs((3, 16, 16, 1, 16), (4, 4), rpb=True, bias=True)
+    grad_out = torch.randn(3, 16, 16, 1, 16, dtype=torch.float64)
+    first = _run(_triton, tensors, (4, 4), (1, 1), (4, 4), torch.float32, grad_out)[1]
+    second = _run(_triton, tensors, (4, 4), (1, 1), (4, 4), torch.float32, grad_out)[1]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_one_tile_backward_refuses_larger_groups():
+    from vitzoo.kernels.tile_attention_bwd import TileGeometry, tile_attention_bwd
+
+    q = torch.randn(1, 9, 9, 1, 16)
+    with pytest.raises(ValueError, match="Lq, Lk <= 64"):
+        tile_attention_bwd(q, q, q, q, torch.zeros(1, 9, 9, 1), None, q, q, q, TileGeometry.windows((9, 9), (1, 1),
+                           (9, 9)), 0.25, False)
+    with pytest.raises(ValueError, match="not tiled exactly"):
+        TileGeometry.windows((4, 4), (1, 1), (10, 8))
+
+
 def test_backward_deterministic():
     tensors = _inputs((1, 9, 8, 1, 16), (3, 3), rpb=True, bias=True)
     grad_out = torch.randn(1, 9, 8, 1, 16, dtype=torch.float64)
@@ -221,9 +299,14 @@ def test_fake_tensor_shapes():
 
     import vitzoo.ops._neighborhood_triton  # noqa: F401  (registers the custom ops)
 
-    q, k, v, rpb, _ = _inputs((1, 9, 10, 2, 16), (7, 7), rpb=True)
-    for pos, fixed in ((None, False), (rpb, False), (rpb, True)):
-        params = ([7, 7], [1, 1], [1, 1], 0.25, fixed)
+    sliding = _inputs((1, 9, 10, 2, 16), (7, 7), rpb=True)
+    windows = _inputs((1, 8, 8, 2, 16), (4, 4), rpb=True)  # one-tile windows: no table even when training
+    for (q, k, v, rpb, _), kernel, pos_on, fixed in (
+            (sliding, [7, 7], False, False), (sliding, [7, 7], True, False), (sliding, [7, 7], True, True),
+            (windows, [4, 4], True, False)):
+        pos = rpb if pos_on else None
+        tiled = kernel == [4, 4]
+        params = (kernel, [1, 1], kernel if tiled else [1, 1], 0.25, fixed)
         real = torch.ops.vitzoo.neighborhood_attention_2d_fwd(q, k, v, pos, None, *params)
         with FakeTensorMode() as mode:
             fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
@@ -236,7 +319,7 @@ def test_fake_tensor_shapes():
         layout = lambda tensors: [(t.shape, t.stride(), t.dtype) for t in tensors]  # noqa: E731
         assert layout(fake) == layout(real)
         assert layout(grads) == layout(real_grads)
-        assert (real[2].numel() > 0) == (pos is not None and not fixed)
+        assert (real[2].numel() > 0) == (pos is not None and not fixed and not tiled)
         assert [g.shape for g in grads[:3]] == [q.shape, k.shape, v.shape]
         assert grads[3].shape == (rpb.shape if pos is not None else (0,))
 
@@ -407,10 +490,12 @@ def test_untuned_forward_default_follows_the_block_storage(monkeypatch):
 def test_dkdv_every_autotune_config(config_index, monkeypatch):
     """The dK/dV kernel pinned to each autotune config (query chunks of 16-64, padding queries in the last chunk):
     dk and dv against the float64 brute force on a bordered sliding case and a window case."""
+    from vitzoo.kernels import tile_attention_bwd as tile
     from vitzoo.kernels import neighborhood_bwd_dkdv as dkdv
 
     assert len(dkdv._CONFIGS) == 4
     monkeypatch.setattr(dkdv._neighborhood_bwd_dkdv_kernel, "configs", [dkdv._CONFIGS[config_index]])
+    monkeypatch.setattr(tile, "ENABLED", False)  # the window case stays on these kernels
     _check((1, 9, 11, 1, 16), (3, 3), (1, 1), (1, 1), rpb=True)
     _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), bias=True)
 
@@ -419,10 +504,12 @@ def test_dkdv_every_autotune_config(config_index, monkeypatch):
 def test_dq_every_autotune_config(config_index, monkeypatch):
     """The dQ kernel pinned to each autotune config (key blocks of 2-4 rows): dq and the rpb gradient against the
     float64 brute force on a bordered sliding case, a dilated one and windows."""
+    from vitzoo.kernels import tile_attention_bwd as tile
     from vitzoo.kernels import neighborhood_bwd_dq as dq
 
     assert len(dq._CONFIGS) == 4
     monkeypatch.setattr(dq._neighborhood_bwd_dq_kernel, "configs", [dq._CONFIGS[config_index]])
+    monkeypatch.setattr(tile, "ENABLED", False)  # the window case stays on these kernels
     _check((1, 11, 9, 1, 16), (7, 7), (1, 1), (1, 1), rpb=True)
     _check((1, 12, 10, 1, 16), (3, 3), (3, 2), (1, 1), rpb=True)
     _check((1, 8, 8, 1, 16), (4, 4), (1, 1), (4, 4), rpb=True)

@@ -12,7 +12,7 @@ order.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -87,14 +87,53 @@ def _dq_tables(batch: int, height: int, width: int, kernel: Tuple[int, int], dil
 
 
 @functools.lru_cache(maxsize=32)
-def _slot_to_rpb(kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
-    """(kh*kw [query slot] * kh*kw [key slot], (2kh-1)*(2kw-1)) float64 one-hot: the rpb table entry every (query
-    slot, key slot) pair reads (index key - query + k - 1 per axis). Cached, so the rpb gradient is one matmul."""
+def _slot_rpb_entry(kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(kh*kw [query slot] * kh*kw [key slot],) index of the flattened rpb table entry every (query slot, key slot)
+    pair reads (key - query + k - 1 per axis)."""
     kh, kw = kernel
     ly, lx, a, b = torch.meshgrid(torch.arange(kh), torch.arange(kw), torch.arange(kh), torch.arange(kw),
                                   indexing="ij")
-    entry = (a - ly + kh - 1) * (2 * kw - 1) + (b - lx + kw - 1)
-    return torch.nn.functional.one_hot(entry.reshape(-1), (2 * kh - 1) * (2 * kw - 1)).to(device, torch.float64)
+    return ((a - ly + kh - 1) * (2 * kw - 1) + (b - lx + kw - 1)).reshape(-1).to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _slot_to_rpb(kernel: Tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(kh*kw * kh*kw, (2kh-1)*(2kw-1)) float64 one-hot of :func:`_slot_rpb_entry`. Cached, so the rpb gradient is
+    one (deterministic) matmul."""
+    kh, kw = kernel
+    return torch.nn.functional.one_hot(_slot_rpb_entry(kernel, device), (2 * kh - 1) * (2 * kw - 1)).double()
+
+
+def _tile_windows(shape: Sequence[int], v_dim: int, kernel: Sequence[int], dilation: Sequence[int],
+                  stride: Sequence[int]):
+    """The :class:`~vitzoo.kernels.tile_attention_bwd.TileGeometry` of a call whose windows each fit one register
+    tile (non-overlapping windows or grids of at most MAX_TILE tokens on an exactly tiled map), else None. Such
+    calls train with the one-pass backward and read the dense logit block in the forward too."""
+    from vitzoo.kernels import tile_attention_bwd as tile
+
+    _, height, width, _, head_dim = shape
+    (kh, kw), (dy, dx) = kernel, dilation
+    if (not tile.ENABLED or tuple(stride) != (kh, kw) or kh * kw > tile.MAX_TILE or head_dim not in tile.TILE_HEAD_DIMS
+            or v_dim > tile.MAX_TILE_V_DIM or height % (kh * dy) or width % (kw * dx)):
+        return None
+    return tile.TileGeometry.windows((kh, kw), (dy, dx), (height, width))
+
+
+def _window_logits(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Tuple[int, int],
+                   input_dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The (heads, kh*kw, kh*kw) fp32 logits ``rpb`` and ``bias`` add to (query slot, key slot) pairs, rounded as the
+    forward's dense logit block stores them (so the backward's P is the forward's), or None without either."""
+    from vitzoo.kernels._neighborhood_table import block_dtype
+
+    if rpb is None and bias is None:
+        return None
+    n_slots = kernel[0] * kernel[1]
+    logits = None
+    if rpb is not None:
+        logits = rpb.flatten(1).float()[:, _slot_rpb_entry(kernel, rpb.device)].view(-1, n_slots, n_slots)
+    if bias is not None:
+        logits = bias.float() if logits is None else logits + bias.float()
+    return logits.to(block_dtype(input_dtype)).float()
 
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
@@ -111,23 +150,26 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
     if rpb is None and bias is None:
         out, lse, _ = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
         return out, lse, lse.new_empty(0)
-    block = None
+    size = tuple(q.shape[1:3])
+
+    def build_block():
+        return logit_block(rpb, bias, kernel_size, dilation, stride, size, q.device, q.dtype)
+
     if fixed_weights:
-        # The dense logit block: 1.7x faster forward than the table gather (kernels/README.md), but the backward
-        # kernels index the table, so only calls that need no backward through the weights read it. Uncached (a
-        # CUDA graph capture, inference tensors, the cache switched off) it is built per call, on the same path, so
-        # a capture meets the geometry caches its warm-up filled.
-        size = tuple(q.shape[1:3])
-
-        def build_block():
-            return logit_block(rpb, bias, kernel_size, dilation, stride, size, q.device, q.dtype)
-
+        # The dense logit block: 1.7x faster forward than the table gather (kernels/README.md), but the general
+        # backward kernels index the table, so only calls that need no backward through the weights, or whose
+        # backward is the one-tile kernel, read it. Uncached (a CUDA graph capture, inference tensors, the cache
+        # switched off) it is built per call, on the same path, so a capture meets the geometry caches its warm-up
+        # filled.
         block = cached_from_weights((rpb, bias), ("na_logit_block", tuple(kernel_size), tuple(dilation),
                                                   tuple(stride), size, q.dtype), build_block)
-        if block is None:
-            block = build_block()
-    out, lse, table = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, block=block)
-    return out, lse, lse.new_empty(0) if fixed_weights else table
+        block = block if block is not None else build_block()
+    elif _tile_windows(q.shape, v.shape[-1], kernel_size, dilation, stride) is not None:
+        block = build_block()  # the weights change every step: not worth caching
+    else:
+        return neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale)
+    out, lse, _ = neighborhood_fwd(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, block=block)
+    return out, lse, lse.new_empty(0)
 
 
 def _forward_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, fixed_weights):
@@ -137,7 +179,8 @@ def _forward_fake(q, k, v, rpb, bias, kernel_size, dilation, stride, scale, fixe
     batch, height, width, heads, _ = q.shape
     out = q.new_empty((batch, height, width, heads, v.shape[-1]))
     lse = q.new_empty((batch, heads, height, width), dtype=torch.float32)
-    if (rpb is None and bias is None) or fixed_weights:
+    if (rpb is None and bias is None) or fixed_weights or _tile_windows(q.shape, v.shape[-1], kernel_size, dilation,
+                                                                        stride) is not None:
         return out, lse, q.new_empty(0, dtype=torch.float32)
     kernel, stride = tuple(kernel_size), tuple(stride)
     geom = table_geometry(kernel, stride, query_tile(kernel, stride))
@@ -153,6 +196,9 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     from vitzoo.kernels.neighborhood_bwd_dkdv import neighborhood_bwd_dkdv
 
     kernel, dil, st = tuple(kernel_size), tuple(dilation), tuple(stride)
+    geometry = _tile_windows(q.shape, v.shape[-1], kernel, dil, st)
+    if geometry is not None:
+        return _tile_backward(grad_out, q, k, v, lse, rpb, bias, kernel, geometry, scale)
     table = table if table.numel() else None
     d_rpb, d_bias = q.new_empty(0), q.new_empty(0)  # distinct tensors: custom-op outputs may not alias
     if bias is None:
@@ -164,6 +210,24 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     else:
         dq, delta, d_rpb, d_bias = _dq_dense_bias(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, st, scale)
     dk, dv = neighborhood_bwd_dkdv(grad_out, q, k, v, lse, delta, rpb, bias, kernel, dil, st, scale, table)
+    return dq, dk, dv, d_rpb, d_bias
+
+
+def _tile_backward(grad_out, q, k, v, lse, rpb, bias, kernel, geometry, scale):
+    """(dq, dk, dv, d_rpb, d_bias) of a call whose windows fit one tile, in one kernel pass
+    (``kernels/tile_attention_bwd.py``): the position terms go in as one dense per-head logit block."""
+    from vitzoo.kernels._layout import empty_in_layout_of
+    from vitzoo.kernels.tile_attention_bwd import tile_attention_bwd
+
+    dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+    logits = _window_logits(rpb, bias, kernel, q.dtype)
+    slot_grad = tile_attention_bwd(grad_out, q, k, v, lse.permute(0, 2, 3, 1), logits, dq, dk, dv, geometry, scale,
+                                   bias_grad=logits is not None)
+    d_rpb, d_bias = q.new_empty(0), q.new_empty(0)  # distinct tensors: custom-op outputs may not alias
+    if rpb is not None:
+        d_rpb = (slot_grad.flatten(1).double() @ _slot_to_rpb(kernel, q.device)).view_as(rpb).to(rpb.dtype)
+    if bias is not None:
+        d_bias = slot_grad.to(bias.dtype)
     return dq, dk, dv, d_rpb, d_bias
 
 
