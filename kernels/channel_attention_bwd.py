@@ -14,7 +14,7 @@ dtype for the products.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -83,10 +83,11 @@ def _channel_attention_bwd_kernel(
 
 
 def channel_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          attn: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          attn: torch.Tensor, scale: float, grads: Optional[Tuple[torch.Tensor, ...]] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of :func:`~.channel_attention_fwd.channel_attention_fwd` from its saved fp32 ``attn``
     (B, heads, d, d); grad_out (B, N, heads, d) in any float dtype and strides. dq, dk, dv have q's dtype and the
-    memory order of q, k, v."""
+    memory order of q, k, v, or are written into ``grads`` (any strides) when given."""
     batch, tokens, heads, head_dim = q.shape
     check_inputs(q, k, v)
     if grad_out.shape != q.shape or attn.shape != (batch, heads, head_dim, head_dim) or attn.dtype != torch.float32:
@@ -94,7 +95,7 @@ def channel_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tens
                          f"{(batch, heads, head_dim, head_dim)}, got {tuple(grad_out.shape)}, {tuple(attn.shape)} "
                          f"{attn.dtype}")
     attn = attn.contiguous()
-    dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+    dq, dk, dv = grads if grads is not None else (empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v))
     if dq.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     launch(_channel_attention_bwd_kernel, (batch * heads,),

@@ -8,6 +8,7 @@ from typing import Tuple
 
 import torch
 
+from ._packed import packed_source
 from ._triton_op import TritonOp
 
 __all__ = ["channel_attention_triton"]
@@ -57,10 +58,50 @@ _OP = TritonOp("channel_attention", _forward, _forward_fake, _backward_impl, _ba
                _backward)
 
 
+# The same op on packed q, k, v (``vitzoo.ops._packed``): its autograd input is the projection output ``qkv``, whose
+# gradient the backward writes in one buffer.
+def _forward_packed(qkv: torch.Tensor, pack_dim: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _forward(*qkv.unbind(pack_dim), scale)
+
+
+def _forward_packed_fake(qkv, pack_dim, scale):
+    return _forward_fake(*qkv.unbind(pack_dim), scale)
+
+
+def _backward_packed_impl(grad_out: torch.Tensor, qkv: torch.Tensor, pack_dim: int, attn: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+    from vitzoo.kernels.channel_attention_bwd import channel_attention_bwd
+
+    d_qkv = torch.empty_like(qkv)
+    channel_attention_bwd(grad_out, *qkv.unbind(pack_dim), attn, scale, grads=d_qkv.unbind(pack_dim))
+    return d_qkv
+
+
+def _backward_packed_fake(grad_out, qkv, pack_dim, attn, scale):
+    return torch.empty_like(qkv)
+
+
+def _setup_packed_context(ctx, inputs, output):
+    qkv, pack_dim, scale = inputs
+    ctx.save_for_backward(qkv, output[1])
+    ctx.pack_dim, ctx.scale = pack_dim, scale
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward_packed(ctx, backward_fn, grad_out, grad_attn):
+    qkv, attn = ctx.saved_tensors
+    return backward_fn(grad_out, qkv, ctx.pack_dim, attn, ctx.scale), None, None
+
+
+_PACKED_OP = TritonOp("channel_attention_packed", _forward_packed, _forward_packed_fake, _backward_packed_impl,
+                      _backward_packed_fake, _setup_packed_context, _backward_packed)
+
+
 def channel_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Run the kernels on (B, N, heads, d) q, k, v of one dtype; returns out in q's memory order."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        out, _ = _OP(q, k, v, float(scale))
+        packed = packed_source(q, k, v) if q.requires_grad else None
+        out, _ = _PACKED_OP(*packed, float(scale)) if packed is not None else _OP(q, k, v, float(scale))
         return out
     from vitzoo.kernels.channel_attention_fwd import channel_attention_fwd
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 import torch
 
 from ._geometry import axis_windows
+from ._packed import packed_source
 from ._triton_op import TritonOp
 from ._weight_cache import cached_from_weights
 
@@ -193,12 +194,18 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, d_rpb, d_bias); d_rpb / d_bias are empty tensors when rpb / bias is None. ``table``: the
     forward's (empty: the cached mask table)."""
+    return _backward_into(None, grad_out, q, k, v, out, lse, rpb, bias, table, kernel_size, dilation, stride, scale)
+
+
+def _backward_into(grads: Optional[Tuple[torch.Tensor, ...]], grad_out, q, k, v, out, lse, rpb, bias, table,
+                   kernel_size, dilation, stride, scale):
+    """:func:`_backward_impl`, writing dq, dk, dv into ``grads`` when given (the packed op's gradient slices)."""
     from vitzoo.kernels.neighborhood_bwd_dkdv import neighborhood_bwd_dkdv
 
     kernel, dil, st = tuple(kernel_size), tuple(dilation), tuple(stride)
     geometry = _tile_windows(q.shape, v.shape[-1], kernel, dil, st)
     if geometry is not None:
-        return _tile_backward(grad_out, q, k, v, lse, rpb, bias, kernel, geometry, scale)
+        return _tile_backward(grad_out, q, k, v, lse, rpb, bias, kernel, geometry, scale, grads)
     table = table if table.numel() else None
     d_rpb, d_bias = q.new_empty(0), q.new_empty(0)  # distinct tensors: custom-op outputs may not alias
     if bias is None:
@@ -210,16 +217,21 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     else:
         dq, delta, d_rpb, d_bias = _dq_dense_bias(grad_out, q, k, v, out, lse, rpb, bias, kernel, dil, st, scale)
     dk, dv = neighborhood_bwd_dkdv(grad_out, q, k, v, lse, delta, rpb, bias, kernel, dil, st, scale, table)
+    if grads is not None:  # the general kernels allocate their own outputs
+        for dst, src in zip(grads, (dq, dk, dv)):
+            dst.copy_(src)
+        dq, dk, dv = grads
     return dq, dk, dv, d_rpb, d_bias
 
 
-def _tile_backward(grad_out, q, k, v, lse, rpb, bias, kernel, geometry, scale):
+def _tile_backward(grad_out, q, k, v, lse, rpb, bias, kernel, geometry, scale, grads=None):
     """(dq, dk, dv, d_rpb, d_bias) of a call whose windows fit one tile, in one kernel pass
-    (``kernels/tile_attention_bwd.py``): the position terms go in as one dense per-head logit block."""
+    (``kernels/tile_attention_bwd.py``): the position terms go in as one dense per-head logit block. dq, dk, dv are
+    written into ``grads`` when given."""
     from vitzoo.kernels._layout import empty_in_layout_of
     from vitzoo.kernels.tile_attention_bwd import tile_attention_bwd
 
-    dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+    dq, dk, dv = grads if grads is not None else (empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v))
     logits = _window_logits(rpb, bias, kernel, q.dtype)
     slot_grad = tile_attention_bwd(grad_out, q, k, v, lse.permute(0, 2, 3, 1), logits, dq, dk, dv, geometry, scale,
                                    bias_grad=logits is not None)
@@ -275,6 +287,55 @@ _OP = TritonOp("neighborhood_attention_2d", _forward, _forward_fake, _backward_i
                _backward)
 
 
+# The same op on packed q, k, v (``vitzoo.ops._packed``): its autograd input is the projection output ``qkv``, whose
+# gradient the backward writes in one buffer.
+def _forward_packed(qkv: torch.Tensor, pack_dim: int, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                    kernel_size: List[int], dilation: List[int], stride: List[int], scale: float,
+                    fixed_weights: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(*qkv.unbind(pack_dim), rpb, bias, kernel_size, dilation, stride, scale, fixed_weights)
+
+
+def _forward_packed_fake(qkv, pack_dim, rpb, bias, kernel_size, dilation, stride, scale, fixed_weights):
+    return _forward_fake(*qkv.unbind(pack_dim), rpb, bias, kernel_size, dilation, stride, scale, fixed_weights)
+
+
+def _backward_packed_impl(grad_out: torch.Tensor, qkv: torch.Tensor, pack_dim: int, out: torch.Tensor,
+                          lse: torch.Tensor, rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                          table: torch.Tensor, kernel_size: List[int], dilation: List[int], stride: List[int],
+                          scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d_qkv, d_rpb, d_bias)."""
+    d_qkv = torch.empty_like(qkv)
+    _, _, _, d_rpb, d_bias = _backward_into(d_qkv.unbind(pack_dim), grad_out, *qkv.unbind(pack_dim), out, lse, rpb,
+                                            bias, table, kernel_size, dilation, stride, scale)
+    return d_qkv, d_rpb, d_bias
+
+
+def _backward_packed_fake(grad_out, qkv, pack_dim, out, lse, rpb, bias, table, kernel_size, dilation, stride, scale):
+    d_rpb = torch.empty_like(rpb) if rpb is not None else qkv.new_empty(0)
+    d_bias = torch.empty_like(bias) if bias is not None else qkv.new_empty(0)
+    return torch.empty_like(qkv), d_rpb, d_bias
+
+
+def _setup_packed_context(ctx, inputs, output) -> None:
+    qkv, pack_dim, rpb, bias, kernel_size, dilation, stride, scale, _ = inputs
+    out, lse, table = output
+    ctx.save_for_backward(qkv, rpb, bias, out, lse, table)
+    ctx.params = (kernel_size, dilation, stride, scale)
+    ctx.pack_dim = pack_dim
+    ctx.mark_non_differentiable(lse, table)
+
+
+def _backward_packed(ctx, backward_fn, grad_out, grad_lse, grad_table):
+    qkv, rpb, bias, out, lse, table = ctx.saved_tensors
+    d_qkv, d_rpb, d_bias = backward_fn(grad_out, qkv, ctx.pack_dim, out, lse, rpb, bias, table, *ctx.params)
+    return (d_qkv, None, d_rpb if rpb is not None else None, d_bias if bias is not None else None,
+            None, None, None, None, None)
+
+
+_PACKED_OP = TritonOp("neighborhood_attention_2d_packed", _forward_packed, _forward_packed_fake, _backward_packed_impl,
+                      _backward_packed_fake, _setup_packed_context, _backward_packed)
+
+
 def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bias) -> torch.Tensor:
     """Run the Triton kernels on validated arguments (see :func:`vitzoo.ops.neighborhood_attention_2d`); q, k, v are
     cast to one dtype (the autocast dtype under autocast)."""
@@ -286,6 +347,9 @@ def neighborhood_attention_2d_triton(q, k, v, args: "NeighborhoodArgs", rpb, bia
     fixed = not (torch.is_grad_enabled() and any(t.requires_grad for t in weights))
     params = (list(args.kernel), list(args.dilation), list(args.stride), args.scale, fixed)
     if args.v_dim <= MAX_V_DIM:
+        packed = packed_source(q, k, v) if torch.is_grad_enabled() and q.requires_grad else None
+        if packed is not None:
+            return _PACKED_OP(*packed, rpb, bias, *params)[0]
         return _OP(q, k, v, rpb, bias, *params)[0]
     # Value channels are independent given the attention weights, and every gradient is linear in the (dO, O, V)
     # channels (dS = P * (dO V^T - rowsum(dO * O)) sums over them), so one call per chunk of value channels gives the

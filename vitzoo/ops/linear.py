@@ -37,7 +37,10 @@ class _LinearGemvBiasGrad(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(x, weight, bias)
+            out = F.linear(x, weight, bias)
+        # F.linear's N-d output is a view of its 2-d GEMM result, which is no part of the autograd graph here: return
+        # it as a tensor of its own, so views of the output keep it as their ``_base`` (vitzoo.ops._packed relies on it)
+        return torch.ops.aten._unsafe_view(out, out.shape) if out._base is not None else out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
