@@ -253,15 +253,6 @@ def test_general_kernels_on_tileable_windows(name, monkeypatch):
     assert not calls
 
 
-def test_one_tile_backward_deterministic():
-    tensors = _inputs((3, 16, 16, 1, 16), (4, 4), rpb=True, bias=True)
-    grad_out = torch.randn(3, 16, 16, 1, 16, dtype=torch.float64)
-    first = _run(_triton, tensors, (4, 4), (1, 1), (4, 4), torch.float32, grad_out)[1]
-    second = _run(_triton, tensors, (4, 4), (1, 1), (4, 4), torch.float32, grad_out)[1]
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-
-
 def test_one_tile_backward_refuses_larger_groups():
     from vitzoo.kernels.tile_attention_bwd import TileGeometry, tile_attention_bwd
 
@@ -273,11 +264,15 @@ def test_one_tile_backward_refuses_larger_groups():
         TileGeometry.windows((4, 4), (1, 1), (10, 8))
 
 
-def test_backward_deterministic():
-    tensors = _inputs((1, 9, 8, 1, 16), (3, 3), rpb=True, bias=True)
-    grad_out = torch.randn(1, 9, 8, 1, 16, dtype=torch.float64)
-    first = _run(_triton, tensors, (3, 3), (1, 1), (2, 2), torch.float32, grad_out)[1]
-    second = _run(_triton, tensors, (3, 3), (1, 1), (2, 2), torch.float32, grad_out)[1]
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((1, 9, 8, 1, 16), (3, 3), (2, 2)),  # general kernels
+    ((3, 16, 16, 1, 16), (4, 4), (4, 4)),  # one-tile backward, two windows per bias-gradient chunk
+])
+def test_backward_deterministic(shape, kernel, stride):
+    tensors = _inputs(shape, kernel, rpb=True, bias=True)
+    grad_out = torch.randn(shape, dtype=torch.float64)
+    first = _run(_triton, tensors, kernel, (1, 1), stride, torch.float32, grad_out)[1]
+    second = _run(_triton, tensors, kernel, (1, 1), stride, torch.float32, grad_out)[1]
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
