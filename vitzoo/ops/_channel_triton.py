@@ -1,7 +1,8 @@
 """Triton path of :func:`vitzoo.ops.channel.channel_attention`: ``vitzoo.kernels.channel_attention_fwd`` / ``_bwd``
 registered through :class:`vitzoo.ops._triton_op.TritonOp` (custom ops ``vitzoo::channel_attention_fwd`` / ``_bwd``
 with fake impls and autograd, traced by ``torch.compile``). Calls without autograd launch the forward alone, without
-saving the softmax."""
+saving the softmax. q, k, v that are the slices of one projection output go through the packed twin
+``vitzoo::channel_attention_packed_*`` (``vitzoo.ops._packed``)."""
 from __future__ import annotations
 
 from typing import Tuple

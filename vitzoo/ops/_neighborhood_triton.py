@@ -5,9 +5,12 @@ Registered through :class:`vitzoo.ops._triton_op.TritonOp`: custom ops ``vitzoo:
 / ``_bwd`` with fake implementations and autograd (what ``torch.compile`` traces), and a direct eager path.
 Kernels: ``kernels/neighborhood_fwd.py`` (output, log-sum-exp, and the window-logit table the backward reuses),
 ``kernels/neighborhood_bwd_dq.py`` (dq, delta, per-program rpb-gradient partials; calls with a dense bias use
-``neighborhood_bwd_dq_dense_bias.py``) and ``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Every gradient is
-deterministic: no atomics anywhere; the rpb / dense bias gradients are summed from per-program partials in a fixed
-order.
+``neighborhood_bwd_dq_dense_bias.py``) and ``kernels/neighborhood_bwd_dkdv.py`` (dk, dv). Windows that fit one
+register tile (stride == kernel on an exactly tiled map, at most 64 tokens) train with
+``kernels/tile_attention_bwd.py`` instead, one pass for every gradient. Every gradient is deterministic: no atomics
+anywhere; the rpb / dense bias gradients are summed from per-program partials in a fixed order. q, k, v that are the
+slices of one projection output go through the packed twin ``vitzoo::neighborhood_attention_2d_packed_*``
+(``vitzoo.ops._packed``).
 """
 from __future__ import annotations
 
