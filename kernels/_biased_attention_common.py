@@ -121,10 +121,10 @@ def _tile_distance(tiles: Tuple[int, int], want: Tuple[int, int]) -> float:
 
 
 def chunk_split(members: int, programs_per_chunk: int, device: torch.device, partial_bytes_per_chunk: int,
-                partial_budget_bytes: int = 1 << 28) -> tuple:
-    """(members_per_chunk, n_chunks) for the d_bias owner: enough chunks to fill the GPU (~4 programs per SM),
-    bounded by the fp32 partial buffers' memory; no chunk is empty."""
-    want = max(1, math.ceil(4 * sm_count(device) / max(1, programs_per_chunk)))
+                partial_budget_bytes: int = 1 << 28, programs_per_sm: int = 4) -> tuple:
+    """(members_per_chunk, n_chunks) for the d_bias owner: enough chunks to fill the GPU (about ``programs_per_sm``
+    programs per SM), bounded by the fp32 partial buffers' memory; no chunk is empty."""
+    want = max(1, math.ceil(programs_per_sm * sm_count(device) / max(1, programs_per_chunk)))
     cap = max(1, partial_budget_bytes // max(1, partial_bytes_per_chunk))
     n_chunks = max(1, min(members, want, cap))
     per_chunk = math.ceil(members / n_chunks)

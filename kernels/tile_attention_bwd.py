@@ -20,7 +20,6 @@ atomics, no (groups, Lq, Lk) intermediate).
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Tuple
 
@@ -28,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._biased_attention_common import LOG2E_PY, next_block, sm_count
+from ._biased_attention_common import LOG2E_PY, chunk_split, next_block
 from ._launch import launch
 from ._neighborhood_common import LOG2E, SUM, value_block
 from ._tuning import mode_pruner
@@ -172,18 +171,6 @@ class TileGeometry:
         return cls(1, lq, lk, (1, 1), (1, 1))
 
 
-def _chunks(members: int, heads: int, device: torch.device, bias_grad: bool, partial_bytes_per_chunk: int
-            ) -> Tuple[int, int]:
-    """(members_per_chunk, n_chunks); no chunk is empty."""
-    if not bias_grad:
-        return 1, members
-    want = max(1, math.ceil(PROGRAMS_PER_SM * sm_count(device) / heads))
-    cap = max(1, PARTIAL_BUDGET_BYTES // max(1, partial_bytes_per_chunk))
-    n_chunks = max(1, min(members, want, cap))
-    per_chunk = math.ceil(members / n_chunks)
-    return per_chunk, math.ceil(members / per_chunk)
-
-
 def tile_attention_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
     bias: Optional[torch.Tensor], dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, geometry: TileGeometry,
@@ -203,14 +190,17 @@ def tile_attention_bwd(
                          f"head_dim <= {MAX_TILE_V_DIM}; got Lq={lq}, Lk={lk}, head_dim={d}, value head_dim={v_dim}")
     members = batch * geometry.groups[0] * geometry.groups[1]
     bias_grad = bias_grad and bias is not None
-    per_chunk, n_chunks = _chunks(members, heads, q.device, bias_grad, heads * lq * lk * 4)
-    partial = torch.empty((n_chunks, heads, lq, lk) if bias_grad else (0, 0, 0, 0), device=q.device,
-                          dtype=torch.float32)
+    if bias_grad:  # each program sums dS over its chunk of groups in registers, one fp32 partial per chunk
+        per_chunk, n_chunks = chunk_split(members, heads, q.device, heads * lq * lk * 4, PARTIAL_BUDGET_BYTES,
+                                          programs_per_sm=PROGRAMS_PER_SM)
+        partial = torch.empty((n_chunks, heads, lq, lk), device=q.device, dtype=torch.float32)
+    else:  # every (group, head) is its own program
+        per_chunk, n_chunks, partial = 1, members, None
     bias_strides = (bias.stride(0) if bias.shape[0] > 1 else 0, bias.stride(1), bias.stride(2)) \
         if bias is not None else (0, 0, 0)
     part_strides = partial.stride() if bias_grad else (0, 0, 0, 0)
     launch(_tile_attention_bwd_kernel, (n_chunks, heads),
-           q, k, v, grad_out, lse, bias if bias is not None else q, dq, dk, dv, partial,
+           q, k, v, grad_out, lse, bias if bias is not None else q, dq, dk, dv, partial if bias_grad else q,
            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
            *lse.stride(), *bias_strides, *part_strides,
            lq, lk, geometry.q_cols, geometry.k_cols, geometry.rows, *geometry.dilation, *geometry.groups,

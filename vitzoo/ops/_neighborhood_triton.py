@@ -125,8 +125,9 @@ def _tile_windows(shape: Sequence[int], v_dim: int, kernel: Sequence[int], dilat
 
 def _window_logits(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Tuple[int, int],
                    input_dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """The (heads, kh*kw, kh*kw) fp32 logits ``rpb`` and ``bias`` add to (query slot, key slot) pairs, rounded as the
-    forward's dense logit block stores them (so the backward's P is the forward's), or None without either."""
+    """The (heads, kh*kw, kh*kw) logits ``rpb`` and ``bias`` add to (query slot, key slot) pairs, in the storage of
+    the forward's dense logit block (fp16 for 16-bit inputs, so the backward's P is the forward's), or None without
+    either."""
     from vitzoo.kernels._neighborhood_table import block_dtype
 
     if rpb is None and bias is None:
@@ -137,7 +138,7 @@ def _window_logits(rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], ke
         logits = rpb.flatten(1).float()[:, _slot_rpb_entry(kernel, rpb.device)].view(-1, n_slots, n_slots)
     if bias is not None:
         logits = bias.float() if logits is None else logits + bias.float()
-    return logits.to(block_dtype(input_dtype)).float()
+    return logits.to(block_dtype(input_dtype))
 
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
