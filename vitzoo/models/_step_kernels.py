@@ -7,33 +7,28 @@ training only); ``vitzoo.cuda_graph`` enters :func:`graph_step_kernels`.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from typing import ContextManager
 
 import torch
 
+from vitzoo.ops._switch import Switch
+
 __all__ = ["graph_step_kernels", "graph_step_kernels_enabled", "host_cost_free"]
 
-_ENABLED = False
+_SWITCH = Switch(False)
 
 
-@contextlib.contextmanager
-def graph_step_kernels(enabled: bool = True) -> Iterator[None]:
+def graph_step_kernels(enabled: bool = True) -> ContextManager[None]:
     """Inside the block, forwards that record autograd take the GPU-time-saving paths (Python ``autograd.Function``s
     with Triton or cuBLAS backwards), for steps whose host time does not count."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, enabled
-    try:
-        yield
-    finally:
-        _ENABLED = previous
+    return _SWITCH.set(enabled)
 
 
 def graph_step_kernels_enabled() -> bool:
-    return _ENABLED
+    return _SWITCH.enabled
 
 
 def host_cost_free() -> bool:
     """Whether a forward may take a path whose extra host cost only matters in eager training: without autograd
     (inference: GPU-bound at the zoo's batch sizes) or inside :func:`graph_step_kernels`."""
-    return _ENABLED or not torch.is_grad_enabled()
+    return _SWITCH.enabled or not torch.is_grad_enabled()

@@ -23,18 +23,19 @@ picklable.
 """
 from __future__ import annotations
 
-import contextlib
 import weakref
-from typing import Any, Callable, Dict, Hashable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Hashable, Optional, Sequence, Tuple
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ._switch import Switch
 
 __all__ = ["cached_from_weights", "clear_weight_cache", "weight_cache_enabled"]
 
 _Entry = Tuple[tuple, Tuple[weakref.ref, ...], Any]
 _CACHE: Dict[int, Dict[Hashable, _Entry]] = {}  # id(first weight's base) -> {key: (versions, base refs, value)}
-_ENABLED = True
+_SWITCH = Switch(True)
 
 
 def _base(t: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def _base(t: torch.Tensor) -> torch.Tensor:
 
 
 def _cacheable(weights: Sequence[torch.Tensor]) -> bool:
-    if not _ENABLED or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if not _SWITCH.enabled or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
         return False
@@ -94,16 +95,10 @@ def _bump_optimizer_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: 
 _OPTIMIZER_HOOK = register_optimizer_step_post_hook(_bump_optimizer_params)
 
 
-@contextlib.contextmanager
-def weight_cache_enabled(enabled: bool) -> Iterator[None]:
+def weight_cache_enabled(enabled: bool) -> ContextManager[None]:
     """Switch the cache on or off inside the block (off: every call builds its own derived tensor, as under
     training; e.g. to compare cached and uncached results)."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, enabled
-    try:
-        yield
-    finally:
-        _ENABLED = previous
+    return _SWITCH.set(enabled)
 
 
 def clear_weight_cache() -> None:
