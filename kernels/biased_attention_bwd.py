@@ -1,7 +1,8 @@
 """Backward of biased dense attention: orchestrates the three backward kernels (no kernel of its own).
 
 Calls whose queries and keys each fit one register tile (at most 64: Agent attention at 7x7 maps, PVT's last
-stage) take the one-pass ``tile_attention_bwd`` instead. Otherwise:
+stage) take the one-pass ``tile_attention_bwd`` instead; calls where only the shorter side fits one tile (the agents
+of Agent attention against the N tokens) take the one-pass ``strip_attention_bwd``. Otherwise:
 
 1. ``biased_attention_bwd_delta``: delta = rowsum(dO * O).
 2. ``biased_attention_bwd_dkdv``: dk, dv (programs over key tiles, loop over queries).
@@ -20,9 +21,10 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import strip_attention_bwd as strip
 from . import tile_attention_bwd as tile
 from ._biased_attention_common import (DBIAS_GLOBAL, DBIAS_NONE, DBIAS_REGISTERS, REGISTER_DBIAS_MAX, bias_strides,
-                                       check_head_dims, chunk_split, next_block)
+                                       check_head_dims, chunk_split, next_block, sm_count)
 from ._layout import empty_in_layout_of
 from .biased_attention_bwd_delta import biased_attention_bwd_delta
 from .biased_attention_bwd_dkdv import biased_attention_bwd_dkdv
@@ -47,6 +49,9 @@ def biased_attention_bwd(
     dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
     if _fits_one_tile(lq, lk, bias, bias_grad):
         return dq, dk, dv, _tile_backward(grad_out, q, k, v, bias, lse, dq, dk, dv, scale, bias_grad)
+    if _fits_strip(batch, heads, lq, lk, q.device):
+        d_bias = strip.strip_attention_bwd(grad_out, q, k, v, bias, out, lse, dq, dk, dv, scale, bias_grad)
+        return dq, dk, dv, (d_bias.to(bias.dtype) if d_bias is not None else None)
     delta = biased_attention_bwd_delta(out, grad_out)
     strides = bias_strides(bias, batch, heads, lq, lk)
     trivial = (batch, heads, 1, 1, 1, 1)  # slot_b, slot_h, h_rep, members, members_per_chunk, n_chunks
@@ -90,6 +95,13 @@ def _fits_one_tile(lq: int, lk: int, bias: Optional[torch.Tensor], bias_grad: bo
     gradient is wanted) is shared over the batch, so one program's batch elements sum into one register tile."""
     return (tile.ENABLED and max(lq, lk) <= tile.MAX_TILE
             and (bias is None or bias.shape[0] == 1 or (not bias_grad and bias.stride(0) == 0)))
+
+
+def _fits_strip(batch: int, heads: int, lq: int, lk: int, device: torch.device) -> bool:
+    """Whether ``strip_attention_bwd`` takes this call: the shorter side fits one register tile, and there are enough
+    (batch, head) pairs to fill the GPU with the strip kernel's one program per pair."""
+    return (strip.ENABLED and min(lq, lk) <= strip.MAX_FIXED
+            and batch * heads >= strip.MIN_PAIRS_PER_SM * sm_count(device))
 
 
 def _tile_backward(grad_out, q, k, v, bias, lse, dq, dk, dv, scale: float, bias_grad: bool) -> Optional[torch.Tensor]:

@@ -1,6 +1,9 @@
 """GPU correctness of the biased dense-attention kernels (and Agent attention built on them): bf16 / fp16 / fp32
 outputs and dq, dk, dv, d_bias against float64, on Agent-Swin-like and general shapes, for every d_bias path.
 
+Calls whose shorter side fits one tile are checked on both backward paths (the one-pass strip kernel, case suffix
+``/strip``, and the general delta + dk/dv + dq kernels, ``/general``).
+
 Rule (FlashAttention's): relative error of the kernel <= 2 x that of the same-precision plain torch formulation
 (what the official code computes under autocast: low-precision matmuls, float32 softmax) + a small floor.
 """
@@ -26,6 +29,8 @@ CASES = (
     ("general_b1qk", 4, 4, 300, 500, 64, "b1qk"),
     ("general_qk_d16", 4, 4, 333, 130, 16, "qk"),
     ("full_bias", 2, 2, 200, 200, 64, "bhqk"),
+    ("per_sample_bias_d16", 4, 4, 40, 300, 16, "b1qk"),
+    ("agents_64_d64", 4, 4, 500, 64, 64, "qk"),
 )
 
 
@@ -67,6 +72,8 @@ def _check(case: str, tensors64, scale: float, dtype: torch.dtype, fn_ours, fn_r
 def run() -> List[Dict]:
     from vitzoo.ops import agent_attention, agent_pool, agent_swin_biases, biased_attention
 
+    from . import strip_attention_bwd as strip
+
     torch.manual_seed(0)
     rows: List[Dict] = []
     for case, b, h, lq, lk, d, kind in CASES:
@@ -74,10 +81,17 @@ def run() -> List[Dict]:
         q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=torch.float64) for n in (lq, lk, lk))
         bias = _bias(kind, b, h, lq, lk).double()
         go = torch.randn(b, h, lq, d, device=DEVICE, dtype=torch.float64)
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            rows += _check(case, (q, k, v, bias, go), scale, dtype,
-                           lambda *t: biased_attention(*t, scale=scale, backend="triton"),
-                           lambda *t: _plain(*t, scale))
+        strip_fits = min(lq, lk) <= strip.MAX_FIXED < max(lq, lk)
+        for path in ("strip", "general") if strip_fits else ("",):
+            saved = strip.ENABLED, strip.MIN_PAIRS_PER_SM
+            strip.ENABLED, strip.MIN_PAIRS_PER_SM = path != "general", 0  # these batches are small
+            try:
+                for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                    rows += _check(f"{case}/{path}" if path else case, (q, k, v, bias, go), scale, dtype,
+                                   lambda *t: biased_attention(*t, scale=scale, backend="triton"),
+                                   lambda *t: _plain(*t, scale))
+            finally:
+                strip.ENABLED, strip.MIN_PAIRS_PER_SM = saved
 
     # the full Agent attention (Agent-Swin-T stage 2 window, 16 agents) with the biases built from official-shaped
     # parameters; the plain formulation composes _plain twice

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import vitzoo.kernels.biased_attention_bwd as bwd_module  # noqa: E402
+import vitzoo.kernels.strip_attention_bwd as strip  # noqa: E402
 import vitzoo.kernels.tile_attention_bwd as tile  # noqa: E402
 from vitzoo.kernels.biased_attention_fwd import biased_attention_fwd  # noqa: E402
 from vitzoo.ops import agent_attention, biased_attention  # noqa: E402
@@ -74,12 +75,12 @@ CASES = {
 }
 
 
-def _force_split(monkeypatch, n_chunks):
+def _force_split(monkeypatch, n_chunks, module=bwd_module):
     def split(members, *_, **__):
         per_chunk = -(-members // n_chunks)
         return per_chunk, -(-members // per_chunk)
 
-    monkeypatch.setattr(bwd_module, "chunk_split", split)
+    monkeypatch.setattr(module, "chunk_split", split)
 
 
 def _spy_owner(monkeypatch):
@@ -103,14 +104,18 @@ def _bias(kind, b, h, lq, lk, dtype=torch.float32):
 
 @pytest.fixture
 def general_kernels(monkeypatch):
-    """The delta + dk/dv + dq kernels even for calls the one-tile backward would take (VITZOO_TILE_BACKWARD=0)."""
+    """The delta + dk/dv + dq kernels even for calls the one-tile or strip backward would take
+    (VITZOO_TILE_BACKWARD=0, VITZOO_STRIP_BACKWARD=0)."""
     monkeypatch.setattr(tile, "ENABLED", False)
+    monkeypatch.setattr(strip, "ENABLED", False)
 
 
-@pytest.fixture(params=["one_tile", "general"])
+@pytest.fixture(params=["one_tile", "strip", "general"])
 def backward_path(request, monkeypatch):
-    """Both backward paths of calls that fit one tile."""
+    """Every backward path of calls that fit one tile: the one-tile kernel, the strip kernel, the general kernels."""
     monkeypatch.setattr(tile, "ENABLED", request.param == "one_tile")
+    monkeypatch.setattr(strip, "ENABLED", request.param in ("one_tile", "strip"))
+    monkeypatch.setattr(strip, "MIN_PAIRS_PER_SM", 0)  # tiny batches too
     return request.param
 
 
@@ -149,6 +154,13 @@ def test_fp16_strided_inputs_no_bias_grad(backward_path):
     _check(tokens, k, v, _bias("hqk", b, h, agents, n), tol=2e-3)
 
 
+def _spy(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
 # (B, H, Lq, Lk, d, d_v, bias shape): queries and keys each fit one tile, the bias is shared over the batch
 ONE_TILE_CASES = {
     "agents-read-keys-per-head-bias": (2, 3, 9, 40, 16, 32, "hqk"),
@@ -165,23 +177,79 @@ def test_one_tile_backward_matches_float64(case, monkeypatch):
     dq / dk / dv / d_bias against float64 (the bias gradient summed over the batch, and over heads for a bias shared
     by all heads)."""
     b, h, lq, lk, d, dv, kind = ONE_TILE_CASES[case]
-    calls = []
-    real = tile.tile_attention_bwd
-    monkeypatch.setattr(tile, "tile_attention_bwd", lambda *args: calls.append(1) or real(*args))
+    calls = _spy(monkeypatch, tile, "tile_attention_bwd")
     q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, dv)
     _check(q, k, v, _bias(kind, b, h, lq, lk) if kind else None, tol=1e-4)
     assert calls == [1]
 
 
-@pytest.mark.parametrize("shape, bias_kind", [((2, 2, 9, 65), "hqk"), ((2, 2, 20, 20), "bhqk")])
-def test_larger_or_per_sample_bias_calls_take_the_general_kernels(shape, bias_kind, monkeypatch):
-    """More than 64 keys, or a per-sample bias whose gradient is wanted: the delta + dk/dv + dq kernels."""
+# (B, H, Lq, Lk, d, d_v, bias shape, chunks): only the shorter side fits one tile (or the bias is per sample); the
+# chunk count is forced so that programs sum several members' dS in their partial strip
+STRIP_CASES = {
+    "agents-read-keys-per-head-bias": (2, 3, 9, 70, 16, 32, "hqk", 1),
+    "queries-read-agents-one-bias-for-all-heads": (2, 2, 70, 9, 32, 16, "11qk", 2),
+    "per-sample-bias-one-tile-both-sides": (2, 2, 20, 30, 16, 16, "bhqk", 1),
+    "per-sample-bias-shared-by-heads": (2, 3, 20, 70, 16, 16, "b1qk", 1),
+    "2-d-bias-d64-three-chunks": (2, 2, 17, 90, 64, 64, "qk", 3),
+    "exactly-64-agents": (2, 2, 64, 80, 16, 16, "hqk", 1),
+    "no-bias": (2, 2, 100, 33, 32, 32, None, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(STRIP_CASES))
+def test_strip_backward_matches_float64(case, monkeypatch):
+    """Calls whose shorter side fits one tile train through kernels/strip_attention_bwd.py (one pass; fixed keys when
+    Lk <= Lq, else fixed queries): outputs and dq / dk / dv / d_bias against float64."""
+    b, h, lq, lk, d, dv, kind, n_chunks = STRIP_CASES[case]
+    _force_split(monkeypatch, n_chunks, strip)
+    calls = _spy(monkeypatch, strip, "strip_attention_bwd")
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, dv)
+    _check(q, k, v, _bias(kind, b, h, lq, lk) if kind else None, tol=1e-4)
+    assert calls == [1]
+
+
+def test_strip_partials_are_deterministic(monkeypatch):
+    _force_split(monkeypatch, 1, strip)  # one program sums both batch elements' dS in its strip
+    q, k, v, bias = torch.randn(2, 2, 9, 16), torch.randn(2, 2, 70, 16), torch.randn(2, 2, 70, 16), torch.randn(9, 70)
+    go = torch.randn(2, 2, 9, 16)
+    (_, g1), (_, g2) = _run(q, k, v, bias, go), _run(q, k, v, bias, go)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
+
+
+def test_too_few_sequences_for_the_strip_kernel_take_the_general_kernels(monkeypatch):
+    """Fewer (batch, head) pairs than ``MIN_PAIRS_PER_SM`` x SMs (4 under the interpreter): the general kernels."""
+    monkeypatch.setattr(strip, "MIN_PAIRS_PER_SM", 3)
+    calls = _spy(monkeypatch, strip, "strip_attention_bwd")
+    q, k, v = torch.randn(1, 2, 9, 16), torch.randn(1, 2, 70, 16), torch.randn(1, 2, 70, 16)
+    _check(q, k, v, _bias("hqk", 1, 2, 9, 70), tol=1e-4)
+    assert not calls
+
+
+def test_strip_untuned_tiles_on_gpu(monkeypatch):
+    """With VITZOO_AUTOTUNE=0 on a GPU the strip kernel loops in 64-row tiles, 32 with 64 fixed queries (H100
+    sweep); the interpreter keeps its small tile. Asserted on the pruner alone: no GPU needed."""
+    prune = strip._strip_attention_bwd_kernel.early_config_prune
+    configs = strip._strip_attention_bwd_kernel.configs
+    assert [c.kwargs["BLOCK_L"] for c in prune(configs, {}, FIXED_KEYS=False, BLOCK_FIXED=64)] == [16]
+    monkeypatch.setenv("VITZOO_AUTOTUNE", "0")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for fixed_keys, block_fixed, want in ((False, 64, 32), (True, 64, 64), (False, 16, 64)):
+        chosen = prune(configs, {}, FIXED_KEYS=fixed_keys, BLOCK_FIXED=block_fixed)
+        assert [c.kwargs["BLOCK_L"] for c in chosen] == [want]
+    monkeypatch.setenv("VITZOO_AUTOTUNE", "1")
+    assert prune(configs, {}, FIXED_KEYS=True, BLOCK_FIXED=16) == configs
+
+
+@pytest.mark.parametrize("shape, bias_kind", [((2, 2, 66, 65), "hqk"), ((2, 2, 70, 80), "bhqk")])
+def test_calls_with_both_sides_over_one_tile_take_the_general_kernels(shape, bias_kind, monkeypatch):
+    """More than 64 queries and keys: the delta + dk/dv + dq kernels."""
     b, h, lq, lk = shape
-    calls = []
-    monkeypatch.setattr(tile, "tile_attention_bwd", lambda *args: calls.append(1))
+    calls = _spy(monkeypatch, tile, "tile_attention_bwd") + _spy(monkeypatch, strip, "strip_attention_bwd")
+    seen = _spy_owner(monkeypatch)
     q, k, v = torch.randn(b, h, lq, 16), torch.randn(b, h, lk, 16), torch.randn(b, h, lk, 16)
     _check(q, k, v, _bias(bias_kind, b, h, lq, lk), tol=1e-4)
-    assert not calls
+    assert not calls and seen
 
 
 def test_outputs_and_grads_follow_the_input_memory_order():
@@ -276,6 +344,9 @@ def test_kernel_errors():
         biased_attention(q.double(), q.double(), q.double(), backend="triton")
     with pytest.raises(ValueError, match="head_dim must be one of"):
         biased_attention_fwd(torch.randn(1, 1, 9, 8), torch.randn(1, 1, 9, 8), torch.randn(1, 1, 9, 8), None, 1.0)
+    x = torch.randn(1, 1, 65, 16)
+    with pytest.raises(ValueError, match=r"min\(Lq, Lk\) <= 64"):
+        strip.strip_attention_bwd(x, x, x, x, None, x, x[..., 0], x, x, x, 1.0, False)
 
 
 @pytest.mark.parametrize("kernel_name,lq,lk,mode,want", [
