@@ -14,7 +14,7 @@ uses the same code with the trivial split (slots = B * H, one member each).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -26,7 +26,7 @@ from ._tuning import autotune_enabled, interpreting
 __all__ = [
     "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "REGISTER_DBIAS_MAX", "DBIAS_NONE", "DBIAS_REGISTERS", "DBIAS_GLOBAL",
     "MIN_BLOCK", "MODE_REGISTERS", "MODE_GLOBAL", "check_head_dims", "interpreting", "make_configs", "make_pruner",
-    "next_block", "sm_count", "default_tiles",
+    "next_block", "sm_count", "default_tiles", "forward_default_tiles",
     "member_coords", "chunk_split", "bias_strides", "LOG2E", "LOG2E_PY",
 ]
 
@@ -74,13 +74,14 @@ def make_configs(specs) -> List[triton.Config]:
     return configs
 
 
-def make_pruner(program_len: str, loop_len: str, program_block: str, loop_block: str):
+def make_pruner(program_len: str, loop_len: str, program_block: str, loop_block: str,
+                defaults: Optional[Callable[[int, int], Tuple[int, int]]] = None):
     """``early_config_prune`` for a kernel whose programs tile ``program_len`` and loop over ``loop_len``.
 
     Drops tiles larger than the (padded) extent they cover. A kernel owning d_bias in registers
     (DBIAS_MODE == DBIAS_REGISTERS) needs its loop tile to cover the whole loop extent. Without autotuning one config
     is kept: under the interpreter the first (smallest) survivor, so CPU tests stay cheap; on a GPU with
-    VITZOO_AUTOTUNE=0 the survivor closest to :func:`default_tiles` (the smallest 16 x 16 tile would loop 196 times
+    VITZOO_AUTOTUNE=0 the survivor closest to ``defaults`` (:func:`default_tiles` unless given; the smallest 16 x 16 tile would loop 196 times
     over Agent-Swin-T's 3136 keys).
     """
 
@@ -97,7 +98,7 @@ def make_pruner(program_len: str, loop_len: str, program_block: str, loop_block:
             return kept
         if interpreting():
             return kept[:1]
-        want = default_tiles(p_cap, l_need)
+        want = (defaults or default_tiles)(p_cap, l_need)
         return [min(kept, key=lambda c: _tile_distance((c.kwargs[program_block], c.kwargs[loop_block]), want))]
 
     return prune
@@ -114,6 +115,20 @@ def default_tiles(program_extent: int, loop_extent: int) -> Tuple[int, int]:
     program = min(program_extent, DEFAULT_PROGRAM_TILE)
     loop_cap = 2 * DEFAULT_LOOP_TILE if program <= MIN_BLOCK else DEFAULT_LOOP_TILE
     return program, min(loop_extent, loop_cap)
+
+
+# Untuned forward loop tile under a 64-row program tile: the (64, 64) tile needs 229 registers per thread (2 programs
+# per SM, 23 % of HBM bandwidth at Agent-Swin-T stage 3). H100, bf16, batch 128, us, (64, 16) against (64, 64):
+# stage 3 agents 44 / 59, stage 3 queries 60 / 93, stage 4 33 / 49, Agent-PVT-T stage 4 (d 64) 14 / 19.
+FORWARD_WIDE_PROGRAM_LOOP_TILE = 16
+
+
+def forward_default_tiles(program_extent: int, loop_extent: int) -> Tuple[int, int]:
+    """:func:`default_tiles` for the forward kernel: narrow loop tiles under wide (>= 64-row) program tiles."""
+    program, loop = default_tiles(program_extent, loop_extent)
+    if program >= DEFAULT_PROGRAM_TILE:
+        loop = min(loop, FORWARD_WIDE_PROGRAM_LOOP_TILE)
+    return program, loop
 
 
 def _tile_distance(tiles: Tuple[int, int], want: Tuple[int, int]) -> float:

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from ._intmath import cdiv
-from ._biased_attention_common import LOG2E, LOG2E_PY, bias_strides, check_head_dims, make_configs, make_pruner
+from ._biased_attention_common import (LOG2E, LOG2E_PY, bias_strides, check_head_dims, forward_default_tiles,
+                                       make_configs, make_pruner)
 from ._launch import launch
 from ._layout import empty_in_layout_of
 
@@ -29,7 +30,7 @@ _CONFIGS = ((16, 16, 4, 2), (16, 64, 4, 2), (16, 128, 4, 2), (16, 128, 4, 3), (3
 @triton.autotune(
     configs=make_configs(_CONFIGS),
     key=["Lq", "Lk", "HEAD_DIM", "V_DIM", "HAS_BIAS"],
-    prune_configs_by={"early_config_prune": make_pruner("Lq", "Lk", "BLOCK_M", "BLOCK_N")},
+    prune_configs_by={"early_config_prune": make_pruner("Lq", "Lk", "BLOCK_M", "BLOCK_N", forward_default_tiles)},
 )
 @triton.jit
 def _biased_attention_fwd_kernel(
