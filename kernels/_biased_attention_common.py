@@ -81,8 +81,8 @@ def make_pruner(program_len: str, loop_len: str, program_block: str, loop_block:
     Drops tiles larger than the (padded) extent they cover. A kernel owning d_bias in registers
     (DBIAS_MODE == DBIAS_REGISTERS) needs its loop tile to cover the whole loop extent. Without autotuning one config
     is kept: under the interpreter the first (smallest) survivor, so CPU tests stay cheap; on a GPU with
-    VITZOO_AUTOTUNE=0 the survivor closest to ``defaults`` (:func:`default_tiles` unless given; the smallest 16 x 16 tile would loop 196 times
-    over Agent-Swin-T's 3136 keys).
+    VITZOO_AUTOTUNE=0 the survivor closest to ``defaults`` (:func:`default_tiles` unless given; the smallest 16 x 16
+    tile would loop 196 times over Agent-Swin-T's 3136 keys).
     """
 
     def prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:

@@ -6,8 +6,9 @@ window (one window per image). Stage 4 is a plain window-attention block in the 
 timed anyway as the small-map case. Each implementation does the full per-call work from the official parameters:
 bias construction (bilinear interpolation of an/na_bias + the h/w terms), agent pooling of q, both attentions:
 
-* ``vitzoo_triton``: :func:`vitzoo.ops.agent_swin_biases` + :func:`vitzoo.ops.agent_attention` (Triton kernels; the
-  biases stay (heads, ., .) and are read with stride 0 over the batch);
+* ``vitzoo_triton``: :func:`vitzoo.ops.agent_swin_biases` + :func:`vitzoo.ops.pooled_agent_attention` (Triton
+  kernels; the biases stay (heads, ., .) and are read with stride 0 over the batch; pooling and both attentions are
+  one autograd node whose backward writes the packed qkv gradient);
 * ``official``: the literal LeapLabTHU ``AgentAttention.forward`` core (``.repeat(b, ...)`` biases, two matmuls +
   softmax per stage);
 * ``sdpa_float_mask``: ``F.scaled_dot_product_attention`` per stage with the biases as float ``attn_mask``;
@@ -49,11 +50,11 @@ def _split_heads(qkv: torch.Tensor, heads: int):
 
 def vitzoo_impl(backend: str) -> Callable:
     def run(qkv, params, side, agents, heads):
-        from vitzoo.ops import agent_attention, agent_pool, agent_swin_biases
+        from vitzoo.ops import agent_swin_biases, pooled_agent_attention
 
         q, k, v = _split_heads(qkv, heads)
         agent_bias, query_bias = agent_swin_biases(*params, side)
-        return agent_attention(q, k, v, agent_pool(q, side, agents), agent_bias, query_bias, backend=backend)
+        return pooled_agent_attention(q, k, v, side, agents, agent_bias, query_bias, backend=backend)
 
     return run
 

@@ -33,20 +33,33 @@ from .biased_attention_bwd_dq import biased_attention_bwd_dq
 __all__ = ["biased_attention_bwd"]
 
 _PLANNING_BLOCK = 64  # typical program tile, only used to estimate the owner's program count when chunking
+# Bias-gradient chunking of the one-tile kernel on dense sequences: fewer, longer chunks than its window default
+# (H100, Agent-Swin-T stage 4 shape, 3072 (batch, head) pairs of 49 x 49, the agent op's fwd+bwd: 238 us at 8
+# programs per SM, 223 at 4, 212 at 2; `h100_agent_op_ab_2026-11-24o.txt`).
+DENSE_TILE_PROGRAMS_PER_SM = 2
 
 
 def biased_attention_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
     out: torch.Tensor, lse: torch.Tensor, scale: float, bias_grad: bool,
+    grads: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, d_bias) of :func:`biased_attention_fwd`. ``bias`` is None or 4-D (1|B, 1|H, Lq, Lk);
     d_bias has the bias's shape and dtype (None unless ``bias_grad``). dq, dk, dv have q's dtype and the memory
-    order of q, k, v (:func:`~._layout.empty_in_layout_of`)."""
+    order of q, k, v (:func:`~._layout.empty_in_layout_of`), or are ``grads``: three tensors of q's, k's and v's
+    shapes in any strides (e.g. the slices of one packed gradient buffer), overwritten and returned."""
     batch, heads, lq, head_dim = q.shape
     lk, v_dim = k.shape[2], v.shape[3]
     check_head_dims(head_dim, v_dim)
-    # each gradient in its input's memory order, so the backward of the caller's head-split view is a view too
-    dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+    if grads is None:
+        # each gradient in its input's memory order, so the backward of the caller's head-split view is a view too
+        dq, dk, dv = empty_in_layout_of(q), empty_in_layout_of(k), empty_in_layout_of(v)
+    else:
+        dq, dk, dv = grads
+        if dq.shape != q.shape or dk.shape != k.shape or dv.shape != v.shape:
+            raise ValueError(f"biased_attention_bwd: grads must have the shapes of q, k, v {tuple(q.shape)}, "
+                             f"{tuple(k.shape)}, {tuple(v.shape)}; got {tuple(dq.shape)}, {tuple(dk.shape)}, "
+                             f"{tuple(dv.shape)}")
     if _fits_one_tile(lq, lk, bias, bias_grad):
         return dq, dk, dv, _tile_backward(grad_out, q, k, v, bias, lse, dq, dk, dv, scale, bias_grad)
     if _fits_strip(batch, heads, lq, lk, q.device):
@@ -113,7 +126,7 @@ def _tile_backward(grad_out, q, k, v, bias, lse, dq, dk, dv, scale: float, bias_
     d_bias = tile.tile_attention_bwd(
         as_row(grad_out), as_row(q), as_row(k), as_row(v), lse.transpose(1, 2).unsqueeze(1),
         None if bias is None else bias[0], as_row(dq), as_row(dk), as_row(dv),
-        tile.TileGeometry.sequence(q.shape[2], k.shape[2]), scale, bias_grad)
+        tile.TileGeometry.sequence(q.shape[2], k.shape[2]), scale, bias_grad, DENSE_TILE_PROGRAMS_PER_SM)
     if d_bias is None:
         return None
     if bias.shape[1] == 1:  # one bias for every head

@@ -113,6 +113,48 @@ def run() -> List[Dict]:
             return _plain(q, t, _plain(t, k, v, ab, scale), qb.to(ab.dtype), scale)
 
         rows += _check("agent_swin_t_s2", (q, k, v, agent_bias, go), scale, dtype, ours, plain)
+    for case, b, h, side, agents in POOLED_CASES:
+        rows += _check_pooled(case, b, h, side, agents, d=32)
+    return rows
+
+
+# the fused op (pooling + both attentions, packed qkv gradient) per pooling path: Agent-Swin-T stage 1 (56 -> 3x3,
+# uneven bins), stage 3 (14 -> 7x7, equal bins), stage 4 (7x7, identity); batches sized for the strip backward
+POOLED_CASES = (("pooled_s1_uneven", 4, 3, 56, 9), ("pooled_s3_equal", 16, 12, 14, 49),
+                ("pooled_s4_identity", 16, 24, 7, 49))
+
+
+def _check_pooled(case: str, b: int, h: int, side: int, agents: int, d: int) -> List[Dict]:
+    """pooled_agent_attention on packed (B, N, 3, heads, d) qkv: out, d_qkv, d_agent_bias, d_query_bias against
+    float64, next to the same-precision plain formulation (agent_pool + _plain twice)."""
+    from vitzoo.ops import agent_pool, pooled_agent_attention
+
+    n, scale = side * side, d ** -0.5
+    qkv = torch.randn(b, n, 3, h, d, device=DEVICE, dtype=torch.float64)
+    agent_bias = torch.randn(h, agents, n, device=DEVICE, dtype=torch.float64)
+    query_bias = torch.randn(h, n, agents, device=DEVICE, dtype=torch.float64)
+    go = torch.randn(b, h, n, d, device=DEVICE, dtype=torch.float64)
+
+    def heads(qkv):
+        return [t.transpose(1, 2) for t in qkv.unbind(2)]
+
+    def ours(qkv, ab, qb):
+        return pooled_agent_attention(*heads(qkv), side, agents, ab, qb, backend="triton")
+
+    def plain(qkv, ab, qb):
+        q, k, v = heads(qkv)
+        t = agent_pool(q, side, agents)
+        return _plain(q, t, _plain(t, k, v, ab, scale), qb.to(ab.dtype), scale)
+
+    exact = _grads(plain, (qkv, agent_bias, query_bias), go)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        low = (qkv.to(dtype), agent_bias.float(), query_bias.float())
+        for name, a, p, e in zip(("out", "dqkv", "d_agent_bias", "d_query_bias"), _grads(ours, low, go),
+                                 _grads(plain, low, go), exact):
+            err, ref_err = rel_err(a, e), rel_err(p, e)
+            rows.append(row(PATTERN, case, name, dtype=str(dtype).replace("torch.", ""), err=err, ref_err=ref_err,
+                            ok=bool(err <= 2 * ref_err + FLOOR[dtype])))
     return rows
 
 

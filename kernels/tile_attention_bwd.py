@@ -174,9 +174,10 @@ class TileGeometry:
 def tile_attention_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
     bias: Optional[torch.Tensor], dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, geometry: TileGeometry,
-    scale: float, bias_grad: bool,
+    scale: float, bias_grad: bool, programs_per_sm: int = PROGRAMS_PER_SM,
 ) -> Optional[torch.Tensor]:
-    """Write dq, dk, dv (preallocated, any strides) and return the bias gradient.
+    """Write dq, dk, dv (preallocated, any strides) and return the bias gradient (chunked for about
+    ``programs_per_sm`` programs per SM).
 
     q, grad_out, dq: (B, Y, Xq, heads, d) views; k, v, dk, dv: (B, Y, Xk, heads, d); ``lse``: (B, Y, Xq, heads)
     fp32 base-2 log-sum-exp view; ``bias``: None or (heads or 1, Lq, Lk) in the group's row-major token order,
@@ -192,7 +193,7 @@ def tile_attention_bwd(
     bias_grad = bias_grad and bias is not None
     if bias_grad:  # each program sums dS over its chunk of groups in registers, one fp32 partial per chunk
         per_chunk, n_chunks = chunk_split(members, heads, q.device, heads * lq * lk * 4, PARTIAL_BUDGET_BYTES,
-                                          programs_per_sm=PROGRAMS_PER_SM)
+                                          programs_per_sm=programs_per_sm)
         partial = torch.empty((n_chunks, heads, lq, lk), device=q.device, dtype=torch.float32)
     else:  # every (group, head) is its own program
         per_chunk, n_chunks, partial = 1, members, None

@@ -441,11 +441,16 @@ def test_torch_compile_smoke():
 def test_triton_backend_matches_torch(monkeypatch):
     """attn_backend='triton' (the Triton interpreter on CPU, see conftest) through every op the models use: agent
     attention (biased kernels), padded/shifted windows (biased kernel) and plain windows (neighborhood kernel)."""
+    import vitzoo.ops._agent_triton as agent_triton
     import vitzoo.ops._biased_triton as biased_triton
     import vitzoo.ops._neighborhood_triton as na_triton
 
-    calls = {"biased": 0, "na": 0}
+    calls = {"biased": 0, "na": 0, "agent": 0, "agent_packed": 0}
     real_b, real_na = biased_triton.biased_attention_triton, na_triton.neighborhood_attention_2d_triton
+    for name, key in (("_OP", "agent"), ("_PACKED_OP", "agent_packed")):
+        real = getattr(agent_triton, name)
+        monkeypatch.setattr(agent_triton, name, lambda *a, _real=real, _key=key: calls.update(
+            {_key: calls[_key] + 1}) or _real(*a))
 
     def count_b(*a, **k):
         calls["biased"] += 1
@@ -484,9 +489,9 @@ def test_triton_backend_matches_torch(monkeypatch):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for name, grad in grads.items():
             torch.testing.assert_close(grad, ref_grads[name], rtol=2e-3, atol=2e-5, msg=name)
-    # swin: 3 agent blocks x 2 (+ 2 window blocks on the neighborhood kernel); pvt: 3 agent blocks x 2 + 1 plain;
-    # the shifted module: 1
-    assert calls == {"na": 2, "biased": 6 + 7 + 1}
+    # swin: 3 agent blocks on the fused op, unpacked (v feeds the dwc) (+ 2 window blocks on the neighborhood kernel);
+    # pvt: 3 agent blocks on the fused op + 1 plain biased call; the shifted module: 1
+    assert calls == {"na": 2, "biased": 1 + 1, "agent": 3 + 3, "agent_packed": 0}
 
 
 # ----------------------------------------------------------------------------------------------------------------

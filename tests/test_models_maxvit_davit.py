@@ -25,9 +25,11 @@ VZ = {
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """CPU CI boxes are small and shared: one intra-op thread avoids oversubscription (restored afterwards)."""
+    """CPU CI boxes are small and shared: one intra-op thread avoids oversubscription (restored afterwards). Seeded:
+    the fp32 bounds below are rounding bounds on random models, which must not change from run to run."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     yield
     torch.set_num_threads(n)
 
@@ -52,8 +54,8 @@ def _check_fwd_bwd(ref, ours, x: torch.Tensor, param_grads: bool = False, grads:
     """fp32 outputs within 1e-4 of timm's (relative to the output scale), then float64 forward + backward: outputs,
     input gradients and (optionally) every parameter gradient equal to rounding. Gradients are compared in float64
     because timm's own fp32 input gradient of the deep variants is ~1e-3 away from its float64 one; likewise the fp32
-    output bound is relaxed to 2x timm's own fp32 error where that exceeds 1e-4 (randomly initialised
-    maxvit_base amplifies rounding to ~1e-4)."""
+    output bound is relaxed to 3x timm's own fp32 error where that exceeds 1e-4 (randomly initialised maxvit_base
+    amplifies rounding to ~1e-4: one CI machine saw ours at 1.2e-4 from float64; equality is the float64 check)."""
     with torch.no_grad():
         y_ref, y = ref(x), ours(x)
     assert y.shape == y_ref.shape and y.dtype == torch.float32
@@ -64,7 +66,7 @@ def _check_fwd_bwd(ref, ours, x: torch.Tensor, param_grads: bool = False, grads:
     xs = [x.double().requires_grad_(True) for _ in range(2)]
     outs = [m(xi) for m, xi in zip((ref, ours), xs)]
     assert _rel(outs[1], outs[0]) <= 1e-10, f"fp64 output rel err {_rel(outs[1], outs[0]):.2e}"
-    bound = max(1e-4, 2 * _rel(y_ref.double(), outs[0]))
+    bound = max(1e-4, 3 * _rel(y_ref.double(), outs[0]))
     assert _rel(y, y_ref) <= bound or _rel(y.double(), outs[0]) <= bound, f"fp32 rel err {_rel(y, y_ref):.2e}"
     w = torch.randn_like(outs[0])
     for o in outs:

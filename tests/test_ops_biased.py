@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitzoo.ops import agent_attention, agent_biases, agent_pool, agent_pvt_biases, agent_swin_biases, biased_attention
+from vitzoo.ops import (agent_attention, agent_biases, agent_pool, agent_pool_backward, agent_pvt_biases,
+                        agent_swin_biases, biased_attention)
 
 BROADCAST_SHAPES = ["qk", "1qk", "hqk", "11qk", "1hqk", "b1qk", "bhqk"]
 
@@ -238,7 +239,8 @@ def test_agent_pool_matches_module_and_pairs():
     assert agent_pool(q, (h, w), 9).shape == (b, heads, 9, d)
     # uneven bins (17 -> 5 overlaps neighbours) and the gradient of the separable GEMM form
     q2 = torch.randn(1, 2, 13 * 17, 3, dtype=torch.float64, requires_grad=True)
-    want = nn.AdaptiveAvgPool2d((4, 5))(q2.transpose(-1, -2).reshape(1, 6, 13, 17)).reshape(1, 2, 3, 20).transpose(-1, -2)
+    want = nn.AdaptiveAvgPool2d((4, 5))(q2.transpose(-1, -2).reshape(1, 6, 13, 17))
+    want = want.reshape(1, 2, 3, 20).transpose(-1, -2)
     torch.testing.assert_close(agent_pool(q2, (13, 17), (4, 5)), want)
     assert torch.autograd.gradcheck(lambda t: agent_pool(t, (13, 17), (4, 5)), (q2,), fast_mode=True)
 
@@ -311,3 +313,16 @@ def test_agent_errors():
         agent_swin_biases(*dict(params, na_bias=torch.zeros(3, 8, 7, 7)).values(), 6)
     with pytest.raises(ValueError, match="sr_ratio"):
         agent_pvt_biases(*params.values(), 6, 0)
+
+
+@pytest.mark.parametrize("hw, pooled", [((4, 4), (4, 4)), ((6, 4), (3, 2)), ((13, 17), (4, 5))])
+def test_agent_pool_backward_is_agent_pools_vjp(hw, pooled):
+    """The in-place pooling backward (the fused agent op's uneven-bins path) equals autograd through agent_pool on
+    each of its paths (identity, equal bins, uneven bins), added to q's existing gradient."""
+    b, heads, d = 2, 3, 5
+    q = torch.randn(b, heads, hw[0] * hw[1], d, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(b, heads, pooled[0] * pooled[1], d, dtype=torch.float64)
+    base = torch.randn(b, hw[0] * hw[1], heads, d, dtype=torch.float64).transpose(1, 2)  # strided, as in the op
+    want = base + torch.autograd.grad(agent_pool(q, hw, pooled), q, g)[0]
+    got = agent_pool_backward(g, hw, pooled, base.clone())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -152,7 +152,8 @@ def test_bad_layouts_raise_clear_errors():
 def test_backend_resolution(monkeypatch):
     q = torch.randn(1, 7, 7, 1, 16)
     # auto on CPU tensors is always the torch reference, even with the interpreter switched on
-    torch.testing.assert_close(neighborhood_attention_2d(q, q, q, 3), neighborhood_attention_2d(q, q, q, 3, backend="torch"))
+    torch.testing.assert_close(neighborhood_attention_2d(q, q, q, 3),
+                               neighborhood_attention_2d(q, q, q, 3, backend="torch"))
     monkeypatch.setenv(ENV_VAR, "bogus")
     with pytest.raises(ValueError, match=f"environment variable {ENV_VAR} must be one of"):
         neighborhood_attention_2d(q, q, q, 3)

@@ -62,13 +62,15 @@ FAMILIES = {
              "(no k-fold gathered K/V)."),
     "nat": dict(
         title="NAT", paper="Neighborhood Attention Transformer (Hassani et al., CVPR 2023)",
-        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin of the same size (same setting)",
+        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        reference="timm Swin of the same size (same setting)",
         text="Hierarchical transformer whose attention is 7x7 neighborhood attention (a sliding window per query, "
              "shifted inward at the borders) with a learnable relative-position bias; convolutional tokenizer and "
              "downsamplers. vitzoo runs it on its generalized neighborhood-attention Triton kernel."),
     "dinat": dict(
         title="DiNAT", paper="Dilated Neighborhood Attention Transformer (Hassani & Shi, 2022)",
-        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", reference="timm Swin of the same size (same setting)",
+        code="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        reference="timm Swin of the same size (same setting)",
         text="NAT with dilated neighborhood attention interleaved with local neighborhood attention per block "
              "(published dilation schedules), for a receptive field that grows exponentially with depth. Same "
              "Triton kernel as NAT, dilation read by index arithmetic."),
@@ -91,8 +93,8 @@ FAMILIES = {
         reference="timm efficientvit_m*",
         text="Small, fast ViT: sandwich layout (one attention between FFNs) and cascaded group attention, where each "
              "head attends over 7x7 local windows (key dim 16, LeViT attention biases) and feeds its output to the "
-             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch (M0, M1) "
-             "or two (M2-M5, whose value head dims 80-112 are split into chunks of at most 64 channels; see "
+             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch "
+             "(M0, M1) or two (M2-M5, whose value head dims 80-112 are split into chunks of at most 64 channels; see "
              "kernels/README.md)."),
     "vz_halonet": dict(
         title="HaloNet (timm architecture)", paper="Scaling Local Self-Attention for Parameter Efficient Visual "
@@ -335,9 +337,9 @@ def zoo_table(names: List[str], meas: Dict) -> str:
                     f"{' †' if other_run else ''} | {_pair(graph)} | {_pair(ref_graph)} |")
     dates = sorted({r["_env"]["date"] for r in meas["by_model"].values()})
     return (f"Measured with `tools/benchmark.py` ({', '.join(dates)}; bf16, channels_last, batch 256 / 128) on the GPU "
-            f"named in each row; \"–\" = not measured yet; † = reference measured in another run (its card names the "
-            f"file). The CUDA-graph columns are whole-step CUDA graphs (`--mode graph`, `vitzoo.cuda_graph`) of the "
-            f"model and of its reference. Cards: `model_cards/`.\n\n" + "\n".join(rows))
+            f"named in each row; \"–\" = not measured yet; † = reference measured in another run (its card names "
+            f"the file). The CUDA-graph columns are whole-step CUDA graphs (`--mode graph`, `vitzoo.cuda_graph`) of "
+            f"the model and of its reference. Cards: `model_cards/`.\n\n" + "\n".join(rows))
 
 
 def _pair(row: Dict) -> str:

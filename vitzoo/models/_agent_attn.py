@@ -17,7 +17,7 @@ projections (Swin: one ``qkv``; PVT: ``q``, ``kv`` and the optional spatial-redu
 Sizes. The biases are learned for one token grid (the stage map at the training resolution). For another runtime
 grid the official downstream backbones interpolate them bilinearly to the runtime (H, W) (and, for the detection /
 segmentation agent grids, along the agent axis too); :meth:`AgentAttentionBase.agent_biases` does the same. The
-attention itself always runs through :func:`vitzoo.ops.agent_attention` (Triton on CUDA, torch reference on CPU).
+attention itself always runs through :func:`vitzoo.ops.pooled_agent_attention` (Triton on CUDA, torch reference on CPU).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
-from vitzoo.ops import AgentBiases, agent_attention, agent_biases, agent_pool
+from vitzoo.ops import AgentBiases, agent_biases, pooled_agent_attention
 
 from ._partition_attn import check_attn_backend
 
@@ -121,7 +121,7 @@ class AgentAttentionBase(nn.Module):
             learned biases are then resized along the agent axis, as in the official downstream backbones.
         proj_drop: dropout after ``proj``. attn_drop must be 0: the fused op has no attention dropout (every
             official config uses 0).
-        attn_backend: "auto" | "torch" | "triton" for :func:`vitzoo.ops.agent_attention`.
+        attn_backend: "auto" | "torch" | "triton" for :func:`vitzoo.ops.pooled_agent_attention`.
     """
 
     def __init__(
@@ -199,10 +199,10 @@ class AgentAttentionBase(nn.Module):
         qh = q.view(batch, nq, heads, d).transpose(1, 2)  # strided views: the op takes any strides
         kh = k.view(batch, k.shape[1], heads, d).transpose(1, 2)
         vh = v.view(batch, v.shape[1], heads, d).transpose(1, 2)
-        agents = agent_pool(qh, q_size, self.agent_shape)
         biases = self.agent_biases(q_size, kv_size)
-        out = agent_attention(qh, kh, vh, agents, biases.agent_bias, biases.query_bias, scale=self.scale,
-                              backend=self.attn_backend)
+        # v also feeds the depthwise conv (``output``): packing the qkv gradient would cost more than it saves
+        out = pooled_agent_attention(qh, kh, vh, q_size, self.agent_shape, biases.agent_bias, biases.query_bias,
+                                     scale=self.scale, backend=self.attn_backend, pack_qkv=False)
         return out.transpose(1, 2).reshape(batch, nq, channels)
 
     def output(self, x: torch.Tensor, v_map: torch.Tensor) -> torch.Tensor:

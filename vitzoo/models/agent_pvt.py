@@ -23,7 +23,7 @@ Other input sizes (never a crop): inputs / maps that are not patch multiples are
 patch embeddings (the release's strided conv would drop the remainder); position embeddings are bilinearly resized
 to the runtime grid (the release's ``_get_pos_embed``), agent biases too (the mmseg backbone), and
 ``downstream_agent_shapes`` resizes the agent grid as the downstream configs do ((12, 12), (16, 16), (28, 28),
-(28, 28)). Attention runs through :func:`vitzoo.ops.agent_attention` (``B`` blocks: :func:`vitzoo.ops.
+(28, 28)). Attention runs through :func:`vitzoo.ops.pooled_agent_attention` (``B`` blocks: :func:`vitzoo.ops.
 biased_attention` without bias), Triton on CUDA, torch reference on CPU.
 
 Layout differences to the official checkpoints (:func:`checkpoint_filter_fn`): ``patch_embed{i}`` / ``pos_embed{i}`` /

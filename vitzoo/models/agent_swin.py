@@ -27,7 +27,7 @@ bottom/right to even sizes; agent blocks attend over the whole runtime map with 
 mmdet and timm, MASK the padded keys, so padding never leaks into real tokens. At the training size nothing is
 padded and the model is the official classification model.
 
-Attention ops: agent blocks call :func:`vitzoo.ops.agent_attention`; unshifted, unpadded window blocks call
+Attention ops: agent blocks call :func:`vitzoo.ops.pooled_agent_attention`; unshifted, unpadded window blocks call
 :func:`vitzoo.ops.neighborhood_attention_2d` with ``stride == kernel == window`` and the Swin table as its rpb; shifted
 or padded window blocks need per-window masks the neighborhood op cannot express, so they run
 :func:`vitzoo.ops.biased_attention` on the rolled windows with the dense (rpb + mask) bias. All three dispatch to

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .biased import biased_attention
 
-__all__ = ["agent_attention", "agent_pool", "AgentBiases", "agent_biases", "agent_swin_biases", "agent_pvt_biases"]
+__all__ = ["agent_attention", "pooled_agent_attention", "agent_pool", "agent_pool_backward", "AgentBiases",
+           "agent_biases", "agent_swin_biases", "agent_pvt_biases"]
 
 IntPair = Union[int, Sequence[int]]
 
@@ -71,6 +72,56 @@ def agent_attention(
     return biased_attention(q, agent_tokens, agent_v, query_bias, scale=scale, backend=backend)
 
 
+def pooled_agent_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    size: IntPair,
+    agent_num: IntPair,
+    agent_bias: Optional[torch.Tensor] = None,
+    query_bias: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    pack_qkv: bool = True,
+) -> torch.Tensor:
+    """Agent attention with the official agents, :func:`agent_pool` of q: the same result and gradients as
+    ``agent_attention(q, k, v, agent_pool(q, size, agent_num), agent_bias, query_bias, scale, backend)``.
+
+    On the Triton path the whole computation is one autograd node: its backward runs both attention backwards, adds
+    the pooling's gradient into q's gradient in place (autograd would build the pooled gradient at q's size and add
+    two or three q-sized gradients), and, when q, k, v are the slices of one projection output (``vitzoo.ops.
+    _packed``) and ``pack_qkv``, writes dq, dk, dv into one buffer (no stack of the three). Pass ``pack_qkv=False``
+    when q, k or v also feed another op (Agent attention's depthwise conv on v): autograd would then build that op's
+    gradient as a zero-padded projection-sized tensor and add it to the packed one, more traffic than the stack it
+    saves. Other args as :func:`agent_attention` and :func:`agent_pool`.
+    """
+    from ._agent_triton import pooled_agent_attention_triton
+
+    h, w, ph, pw = _pool_geometry(q, size, agent_num)
+    out = pooled_agent_attention_triton(q, k, v, (h, w), (ph, pw), agent_bias, query_bias, scale, backend, pack_qkv)
+    if out is not None:  # None: the torch backend was chosen (or ``auto`` found the call unsupported)
+        return out
+    return agent_attention(q, k, v, agent_pool(q, (h, w), (ph, pw)), agent_bias, query_bias, scale=scale,
+                           backend=backend)
+
+
+def _pool_geometry(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> Tuple[int, int, int, int]:
+    """Validated (h, w, ph, pw) of :func:`agent_pool`."""
+    h, w = _pair(size, "size")
+    if isinstance(agent_num, int):
+        side = math.isqrt(agent_num) if agent_num > 0 else 0
+        if side * side != agent_num:
+            raise ValueError(f"agent_pool: agent_num must be a perfect square (the official pool is "
+                             f"int(agent_num ** 0.5) squared) or a (ph, pw) pair, got {agent_num}")
+        pooled = (side, side)
+    else:
+        pooled = _pair(agent_num, "agent_num")
+    if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[2] != h * w:
+        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"agent_pool: q must be (B, heads, h*w={h * w}, d), got {got}")
+    return h, w, pooled[0], pooled[1]
+
+
 def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tensor:
     """Agent tokens by adaptive average pooling of the queries over their (h, w) token grid.
 
@@ -85,24 +136,13 @@ def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tens
 
     Returns (B, heads, ph * pw, d), agents in row-major order of the pooled grid.
     """
-    h, w = _pair(size, "size")
-    if isinstance(agent_num, int):
-        side = math.isqrt(agent_num) if agent_num > 0 else 0
-        if side * side != agent_num:
-            raise ValueError(f"agent_pool: agent_num must be a perfect square (the official pool is "
-                             f"int(agent_num ** 0.5) squared) or a (ph, pw) pair, got {agent_num}")
-        pooled = (side, side)
-    else:
-        pooled = _pair(agent_num, "agent_num")
-    if q.dim() != 4 or q.shape[2] != h * w:
-        raise ValueError(f"agent_pool: q must be (B, heads, h*w={h * w}, d), got {tuple(q.shape)}")
+    h, w, *pooled = _pool_geometry(q, size, agent_num)
+    pooled = tuple(pooled)
     batch, heads, _, dim = q.shape
     if pooled == (h, w):  # one token per bin: the pooling is the identity (Agent-Swin stage 4, 7x7 -> 49 agents)
         return q
     if h % pooled[0] == 0 and w % pooled[1] == 0:
-        # Equal, disjoint bins: one strided mean (one kernel, fp32 accumulation inside; no GEMMs, no casts).
-        return q.reshape(batch, heads, pooled[0], h // pooled[0], pooled[1], w // pooled[1], dim).mean(dim=(3, 5)) \
-            .reshape(batch, heads, -1, dim)
+        return _pool_equal_bins(q, (h, w), pooled)
     # Adaptive average pooling is separable: bin (i, j) averages rows [start_i, end_i) x columns [start_j, end_j).
     # Two small contractions with 0/1 bin indicators (exact in every dtype) and one scaling by the bin areas run as
     # cuBLAS GEMMs; F.adaptive_avg_pool2d on the (B, heads*d, h, w) map took 1.1 ms for Agent-Swin-T stage 1 at
@@ -111,6 +151,33 @@ def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tens
     per_row = torch.matmul(cols, q.reshape(batch, heads, h, w, dim))  # (B, heads, h, pw, d): sums over columns
     sums = torch.matmul(rows, per_row.reshape(batch, heads, h, -1))  # (B, heads, ph, pw * d): then over rows
     return (sums.reshape(batch, heads, -1, dim) * inv_area).to(q.dtype)
+
+
+def _pool_equal_bins(q: torch.Tensor, size: Tuple[int, int], pooled: Tuple[int, int]) -> torch.Tensor:
+    """Equal, disjoint bins: one strided mean (one kernel, fp32 accumulation inside; no GEMMs, no casts)."""
+    (h, w), (ph, pw) = size, pooled
+    batch, heads, _, dim = q.shape
+    return q.reshape(batch, heads, ph, h // ph, pw, w // pw, dim).mean(dim=(3, 5)).reshape(batch, heads, -1, dim)
+
+
+def agent_pool_backward(grad_tokens: torch.Tensor, size: Tuple[int, int], pooled: Tuple[int, int],
+                        grad_q: torch.Tensor) -> torch.Tensor:
+    """Add the gradient of ``agent_pool(q, size, pooled)`` for ``grad_tokens`` (B, heads, ph * pw, d) into
+    ``grad_q`` (B, heads, h * w, d, any strides) in place, and return it: the transposes of :func:`agent_pool`'s three
+    paths (identity; equal bins: each token gets its bin's gradient / bin area, as ``mean``'s backward; uneven bins:
+    the transposed indicator GEMMs)."""
+    (h, w), (ph, pw) = size, pooled
+    batch, heads, _, dim = grad_q.shape
+    if (ph, pw) == (h, w):
+        return grad_q.add_(grad_tokens)
+    if h % ph == 0 and w % pw == 0:
+        bins = grad_q.view(batch, heads, ph, h // ph, pw, w // pw, dim)
+        bins.add_((grad_tokens / ((h // ph) * (w // pw))).view(batch, heads, ph, 1, pw, 1, dim))
+        return grad_q
+    rows, cols, inv_area = _pool_operators((h, w), (ph, pw), grad_q.device, grad_q.dtype)
+    grad_sums = (grad_tokens * inv_area).to(grad_q.dtype).reshape(batch, heads, ph, pw * dim)
+    per_row = torch.matmul(rows.t(), grad_sums).reshape(batch, heads, h, pw, dim)  # back over rows
+    return grad_q.add_(torch.matmul(cols.t(), per_row).reshape(batch, heads, h * w, dim))  # then over columns
 
 
 @functools.lru_cache(maxsize=64)
