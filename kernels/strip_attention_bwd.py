@@ -45,8 +45,13 @@ MAX_FIXED = 64
 # the op layer keeps the general kernels, whose programs over tiles of the long side fill the GPU better (H100,
 # Agent-PVT-T stage 1, 128 pairs x 3136 queries x 49 agents: general 305 us, this kernel 330 us at its best tile).
 MIN_PAIRS_PER_SM = 1
-# Programs per SM the bias-gradient chunking aims for: fewer, longer chunks write fewer fp32 partials.
+# Programs per SM the bias-gradient chunking aims for: fewer, longer chunks write fewer fp32 partials. When the
+# streamed side is short (at most SHORT_STREAM rows: a member is a few loop tiles) half as many. H100, bf16, batch
+# 128, Agent attention's fwd+bwd (us) at 4 / 2 programs per SM: Agent-Swin-T stage 3 (196 rows streamed) 477 / 462;
+# stage 2 (784) 473 / 531; stage 1 (3136) 1222 / 1418 (`h100_agent_op_ab_2026-11-24o.txt`).
 PROGRAMS_PER_SM = 4
+SHORT_STREAM = 256
+SHORT_STREAM_PROGRAMS_PER_SM = 2
 PARTIAL_BUDGET_BYTES = 1 << 26  # cap on the fp32 bias-gradient partials (chunks x slots x Lq x Lk)
 
 # (BLOCK_L, warps, stages). H100, bf16, batch 128, the launch with its partial sum (us): 64 / 4 / 2 is best or within
@@ -221,8 +226,9 @@ def strip_attention_bwd(
         h_rep = heads // slot_h
         members = (batch // slot_b) * h_rep
         slots = slot_b * slot_h
+        per_sm = SHORT_STREAM_PROGRAMS_PER_SM if max(lq, lk) <= SHORT_STREAM else PROGRAMS_PER_SM
         per_chunk, n_chunks = chunk_split(members, slots, q.device, slots * lq * lk * 4, PARTIAL_BUDGET_BYTES,
-                                          programs_per_sm=PROGRAMS_PER_SM)
+                                          programs_per_sm=per_sm)
         partial = torch.empty(n_chunks, slot_b, slot_h, lq, lk, device=q.device, dtype=torch.float32)
         part_strides = partial.stride()
     else:  # every (batch, head) is its own program
