@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitzoo.ops import (agent_attention, agent_biases, agent_pool, agent_pool_backward, agent_pvt_biases,
-                        agent_swin_biases, biased_attention)
+from vitzoo.ops import agent_attention, agent_biases, agent_pool, agent_pvt_biases, agent_swin_biases, biased_attention
+from vitzoo.ops.agent import pooling_kind, uneven_pool_backward
 
 BROADCAST_SHAPES = ["qk", "1qk", "hqk", "11qk", "1hqk", "b1qk", "bhqk"]
 
@@ -315,14 +315,21 @@ def test_agent_errors():
         agent_pvt_biases(*params.values(), 6, 0)
 
 
-@pytest.mark.parametrize("hw, pooled", [((4, 4), (4, 4)), ((6, 4), (3, 2)), ((13, 17), (4, 5))])
-def test_agent_pool_backward_is_agent_pools_vjp(hw, pooled):
-    """The in-place pooling backward (the fused agent op's uneven-bins path) equals autograd through agent_pool on
-    each of its paths (identity, equal bins, uneven bins), added to q's existing gradient."""
+@pytest.mark.parametrize("hw, pooled", [((13, 17), (4, 5)), ((7, 9), (3, 2))])
+def test_uneven_pool_backward_is_agent_pools_vjp(hw, pooled):
+    """The in-place uneven-bins pooling backward (the fused agent op's path for it) equals autograd through
+    agent_pool, added to q's existing gradient."""
+    assert pooling_kind(hw, pooled) == "uneven"
     b, heads, d = 2, 3, 5
     q = torch.randn(b, heads, hw[0] * hw[1], d, dtype=torch.float64, requires_grad=True)
     g = torch.randn(b, heads, pooled[0] * pooled[1], d, dtype=torch.float64)
     base = torch.randn(b, hw[0] * hw[1], heads, d, dtype=torch.float64).transpose(1, 2)  # strided, as in the op
     want = base + torch.autograd.grad(agent_pool(q, hw, pooled), q, g)[0]
-    got = agent_pool_backward(g, hw, pooled, base.clone())
+    got = uneven_pool_backward(g, hw, pooled, base.clone())
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_pooling_kind():
+    assert pooling_kind((7, 7), (7, 7)) == "identity"
+    assert pooling_kind((14, 14), (7, 7)) == "equal" and pooling_kind((6, 4), (3, 1)) == "equal"
+    assert pooling_kind((56, 56), (3, 3)) == "uneven"

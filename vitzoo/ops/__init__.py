@@ -3,8 +3,8 @@ autograd, and a Triton backend chosen by ``backend="auto" | "torch" | "triton"``
 from ._backend import BACKENDS, ENV_VAR, resolve_backend
 from .neighborhood import neighborhood_attention_2d, neighborhood_attention_2d_torch
 from .biased import biased_attention, biased_attention_torch
-from .agent import (agent_attention, pooled_agent_attention, agent_pool, agent_pool_backward, agent_biases,
-                    agent_swin_biases, agent_pvt_biases, AgentBiases)
+from .agent import (agent_attention, pooled_agent_attention, agent_pool, agent_biases, agent_swin_biases,
+                    agent_pvt_biases, AgentBiases)
 from .halo import halo_attention_2d, halo_attention_2d_torch
 from .routed import route_regions, routed_attention, routed_attention_torch
 from .layer_norm import layer_norm, layer_norm_torch

@@ -33,9 +33,9 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, agent_bias: Opti
     from vitzoo.kernels.biased_attention_fwd import biased_attention_fwd
     from vitzoo.kernels.grid_pool_fwd import grid_pool_fwd
 
-    from .agent import agent_pool
+    from .agent import agent_pool, pooling_kind
 
-    if _pooling_kind((h, w), (ph, pw)) == "equal":
+    if pooling_kind((h, w), (ph, pw)) == "equal":
         tokens = grid_pool_fwd(q, (h, w), (ph, pw))
     else:  # the identity (tokens is q) or uneven bins (GEMMs with bin indicators)
         tokens = agent_pool(q, (h, w), (ph, pw))
@@ -44,19 +44,14 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, agent_bias: Opti
     return out, (q.new_empty(0) if tokens is q else tokens), agent_v, lse_agents, lse_queries
 
 
-def _pooling_kind(size: Tuple[int, int], pooled: Tuple[int, int]) -> str:
-    """"identity" (one token per bin), "equal" (equal, disjoint bins: the grid-pool kernels) or "uneven"."""
-    if tuple(pooled) == tuple(size):
-        return "identity"
-    return "equal" if size[0] % pooled[0] == 0 and size[1] % pooled[1] == 0 else "uneven"
-
-
 def _forward_fake(q, k, v, agent_bias, query_bias, h, w, ph, pw, scale):
     from vitzoo.kernels._layout import empty_in_layout_of
 
+    from .agent import pooling_kind
+
     batch, heads, n, head_dim = q.shape
     agents, v_dim = ph * pw, v.shape[-1]
-    kind = _pooling_kind((h, w), (ph, pw))
+    kind = pooling_kind((h, w), (ph, pw))
     if kind == "identity":
         tokens = q.new_empty(0)
     elif kind == "equal":  # grid_pool_fwd: q's memory order
@@ -76,7 +71,7 @@ def _backward_into(grad_out, q, k, v, agent_bias, query_bias, tokens, agent_v, o
     from vitzoo.kernels.biased_attention_bwd import biased_attention_bwd
     from vitzoo.kernels.grid_pool_bwd import grid_pool_bwd_add
 
-    from .agent import agent_pool_backward
+    from .agent import pooling_kind, uneven_pool_backward
 
     dq, dk, dv = grads
     tokens = q if tokens.numel() == 0 else tokens
@@ -88,8 +83,8 @@ def _backward_into(grad_out, q, k, v, agent_bias, query_bias, tokens, agent_v, o
     *_, d_agent_bias = biased_attention_bwd(d_agent_v, tokens, k, v, agent_bias, agent_v, lse_agents, scale,
                                             agent_bias_grad, grads=(d_tokens, dk, dv))
     size, pooled = geometry[:2], geometry[2:]
-    if _pooling_kind(size, pooled) == "uneven":
-        agent_pool_backward(d_tokens.add_(d_tokens_as_keys), size, pooled, dq)
+    if pooling_kind(size, pooled) == "uneven":
+        uneven_pool_backward(d_tokens.add_(d_tokens_as_keys), size, pooled, dq)
     else:  # one pass: dq += pool_backward(d_tokens + d_tokens_as_keys)
         grid_pool_bwd_add(dq, d_tokens, d_tokens_as_keys, size, pooled)
     return d_agent_bias, d_query_bias

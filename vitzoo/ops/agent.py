@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from .biased import biased_attention
 
-__all__ = ["agent_attention", "pooled_agent_attention", "agent_pool", "agent_pool_backward", "AgentBiases",
-           "agent_biases", "agent_swin_biases", "agent_pvt_biases"]
+__all__ = ["agent_attention", "pooled_agent_attention", "agent_pool", "AgentBiases", "agent_biases",
+           "agent_swin_biases", "agent_pvt_biases"]
 
 IntPair = Union[int, Sequence[int]]
 
@@ -139,10 +139,12 @@ def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tens
     h, w, *pooled = _pool_geometry(q, size, agent_num)
     pooled = tuple(pooled)
     batch, heads, _, dim = q.shape
-    if pooled == (h, w):  # one token per bin: the pooling is the identity (Agent-Swin stage 4, 7x7 -> 49 agents)
+    kind = pooling_kind((h, w), pooled)
+    if kind == "identity":  # one token per bin (Agent-Swin stage 4, 7x7 -> 49 agents)
         return q
-    if h % pooled[0] == 0 and w % pooled[1] == 0:
-        return _pool_equal_bins(q, (h, w), pooled)
+    if kind == "equal":  # one strided mean (one kernel, fp32 accumulation inside; no GEMMs, no casts)
+        return q.reshape(batch, heads, pooled[0], h // pooled[0], pooled[1], w // pooled[1], dim).mean(dim=(3, 5)) \
+            .reshape(batch, heads, -1, dim)
     # Adaptive average pooling is separable: bin (i, j) averages rows [start_i, end_i) x columns [start_j, end_j).
     # Two small contractions with 0/1 bin indicators (exact in every dtype) and one scaling by the bin areas run as
     # cuBLAS GEMMs; F.adaptive_avg_pool2d on the (B, heads*d, h, w) map took 1.1 ms for Agent-Swin-T stage 1 at
@@ -153,27 +155,21 @@ def agent_pool(q: torch.Tensor, size: IntPair, agent_num: IntPair) -> torch.Tens
     return (sums.reshape(batch, heads, -1, dim) * inv_area).to(q.dtype)
 
 
-def _pool_equal_bins(q: torch.Tensor, size: Tuple[int, int], pooled: Tuple[int, int]) -> torch.Tensor:
-    """Equal, disjoint bins: one strided mean (one kernel, fp32 accumulation inside; no GEMMs, no casts)."""
-    (h, w), (ph, pw) = size, pooled
-    batch, heads, _, dim = q.shape
-    return q.reshape(batch, heads, ph, h // ph, pw, w // pw, dim).mean(dim=(3, 5)).reshape(batch, heads, -1, dim)
+def pooling_kind(size: Tuple[int, int], pooled: Tuple[int, int]) -> str:
+    """How :func:`agent_pool` pools an (h, w) grid to (ph, pw): "identity" (one token per bin), "equal" (equal,
+    disjoint bins) or "uneven" (adaptive bins, which may overlap)."""
+    if tuple(pooled) == tuple(size):
+        return "identity"
+    return "equal" if size[0] % pooled[0] == 0 and size[1] % pooled[1] == 0 else "uneven"
 
 
-def agent_pool_backward(grad_tokens: torch.Tensor, size: Tuple[int, int], pooled: Tuple[int, int],
-                        grad_q: torch.Tensor) -> torch.Tensor:
-    """Add the gradient of ``agent_pool(q, size, pooled)`` for ``grad_tokens`` (B, heads, ph * pw, d) into
-    ``grad_q`` (B, heads, h * w, d, any strides) in place, and return it: the transposes of :func:`agent_pool`'s three
-    paths (identity; equal bins: each token gets its bin's gradient / bin area, as ``mean``'s backward; uneven bins:
-    the transposed indicator GEMMs)."""
+def uneven_pool_backward(grad_tokens: torch.Tensor, size: Tuple[int, int], pooled: Tuple[int, int],
+                         grad_q: torch.Tensor) -> torch.Tensor:
+    """Add the gradient of :func:`agent_pool`'s uneven-bins path (its indicator GEMMs, transposed) for
+    ``grad_tokens`` (B, heads, ph * pw, d) into ``grad_q`` (B, heads, h * w, d, any strides) in place; returns it.
+    (Identity and equal bins: ``vitzoo.kernels.grid_pool_bwd``.)"""
     (h, w), (ph, pw) = size, pooled
     batch, heads, _, dim = grad_q.shape
-    if (ph, pw) == (h, w):
-        return grad_q.add_(grad_tokens)
-    if h % ph == 0 and w % pw == 0:
-        bins = grad_q.view(batch, heads, ph, h // ph, pw, w // pw, dim)
-        bins.add_((grad_tokens / ((h // ph) * (w // pw))).view(batch, heads, ph, 1, pw, 1, dim))
-        return grad_q
     rows, cols, inv_area = _pool_operators((h, w), (ph, pw), grad_q.device, grad_q.dtype)
     grad_sums = (grad_tokens * inv_area).to(grad_q.dtype).reshape(batch, heads, ph, pw * dim)
     per_row = torch.matmul(rows.t(), grad_sums).reshape(batch, heads, h, pw, dim)  # back over rows
