@@ -28,11 +28,16 @@ import triton.language as tl  # noqa: F401  (the interpreter needs it in the glo
 from ._intmath import next_pow2  # noqa: F401 - re-exported for the kernels of this family
 from ._tuning import autotune_enabled
 
-__all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "dot_precision", "next_pow2", "MIN_DOT",
-           "MAX_HEAD_DIM"]
+__all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "untuned_tile", "dot_precision", "next_pow2",
+           "MIN_DOT", "MAX_HEAD_DIM", "KERNEL_ROLES"]
 
 MIN_DOT = 16  # smallest tl.dot operand dimension on NVIDIA tensor cores
 MAX_HEAD_DIM = 128  # beyond this the fp32 accumulators no longer fit the register file at these tile sizes
+KERNEL_ROLES = ("fwd", "dq", "dkdv")
+STATIONARY_CAP = 64  # untuned stationary tile: one whole region, or 64-token chunks of a bigger one
+STREAMED_DEFAULT = 32  # untuned streamed rows per step
+FWD_WIDE_STREAM = 128  # the forward streams this many key columns when small regions are routed to many others
+FWD_WIDE_MIN_TOPK = 8
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -66,10 +71,31 @@ def tile_layout(stationary_block: int, streamed_block: int, tp: int, max_slots: 
     return groups, slots
 
 
-def layout_pruner(stationary: str, streamed: str, slots_arg: str, interpret: bool) -> Callable:
+def untuned_tile(role: str, tp: int, topk: int) -> Tuple[int, int]:
+    """(stationary, streamed) rows of the tile a kernel runs with autotuning off, for regions of ``tp`` padded tokens
+    routed to ``topk`` others. ``role``: "fwd" | "dq" | "dkdv".
+
+    The rule reproduces the H100 autotune winners (bf16, d 32, all 4 warps / 2 stages) of the BiFormer stages at 224
+    and 448: (tp, topk) = (64, 1), (16, 4), (4, 16), (256, 1), (64, 4), (16, 16); the first legal config, which was
+    the untuned tile before, ran those kernels 1.5-4.9x slower (kernels/README.md, "Fifteenth run"). The forward
+    wants long key streams when tiny regions fan out to many (4 query regions x 8 routed regions per step at
+    stage 3); the backward kernels keep 16 streamed rows per packed stationary region, at least 32.
+    """
+    if role not in KERNEL_ROLES:
+        raise ValueError(f"role must be one of {KERNEL_ROLES}, got {role!r}")
+    stationary = min(STATIONARY_CAP, max(MIN_DOT, tp))
+    groups = max(1, stationary // tp)
+    if role == "fwd":
+        wide = tp < STATIONARY_CAP and topk >= FWD_WIDE_MIN_TOPK
+        return stationary, FWD_WIDE_STREAM if wide else STREAMED_DEFAULT
+    return stationary, max(STREAMED_DEFAULT, MIN_DOT * groups)
+
+
+def layout_pruner(stationary: str, streamed: str, slots_arg: str, interpret: bool, role: str) -> Callable:
     """``early_config_prune`` for ``triton.autotune``: keeps the configs whose tile layout is sensible for this
-    call's ``TP`` and adds the derived ``GROUPS``/``SLOTS`` constexprs. Under the interpreter or with
-    VITZOO_AUTOTUNE=0 keep one config (no benchmarking)."""
+    call's ``TP`` and adds the derived ``GROUPS``/``SLOTS`` constexprs. Under the interpreter one config, the first
+    legal one (no benchmarking); with VITZOO_AUTOTUNE=0 one config, :func:`untuned_tile`'s (4 warps) when it is
+    legal, else the first legal one."""
 
     def prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
@@ -85,7 +111,13 @@ def layout_pruner(stationary: str, streamed: str, slots_arg: str, interpret: boo
             kw = {stationary: max(MIN_DOT, min(tp, 64)), streamed: MIN_DOT}
             groups, slots = tile_layout(kw[stationary], kw[streamed], tp, 1 << 30)
             out = [triton.Config(dict(kw, GROUPS=groups, SLOTS=slots), num_warps=4, num_stages=2)]
-        return out[:1] if (interpret or not autotune_enabled()) else out
+        if interpret:
+            return out[:1]
+        if autotune_enabled():
+            return out
+        tile = untuned_tile(role, tp, max_slots)
+        chosen = [c for c in out if (c.kwargs[stationary], c.kwargs[streamed]) == tile and c.num_warps == 4]
+        return chosen[:1] or out[:1]
 
     return prune
 

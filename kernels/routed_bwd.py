@@ -10,7 +10,6 @@ probabilities from the forward's log-sum-exp (flash-attention style):
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -20,6 +19,7 @@ import triton.language as tl
 from ._intmath import cdiv
 from ._launch import launch
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
+from ._tuning import interpreting
 from .routed_bwd_dq import routed_bwd_dq
 from .routed_fwd import LOG2E
 from .routed_inverse_index import inverse_routing
@@ -33,8 +33,7 @@ _BLOCKS = [(16, 16), (16, 32), (16, 64), (32, 32), (32, 64), (64, 32), (64, 64)]
 @triton.autotune(
     configs=tile_configs(_BLOCKS, "BLOCK_N", "BLOCK_M"),
     key=["TP", "TOPK", "BLOCK_D", "BLOCK_DV"],
-    prune_configs_by={"early_config_prune": layout_pruner("BLOCK_N", "BLOCK_M", "TOPK",
-                                                          os.environ.get("TRITON_INTERPRET", "0") == "1")},
+    prune_configs_by={"early_config_prune": layout_pruner("BLOCK_N", "BLOCK_M", "TOPK", interpreting(), "dkdv")},
 )
 @triton.jit
 def _routed_bwd_dkdv_kernel(

@@ -7,7 +7,6 @@ stores it for the key-side kernel (``routed_bwd.py``), which therefore must run 
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -16,6 +15,7 @@ import triton.language as tl
 
 from ._intmath import cdiv
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
+from ._tuning import interpreting
 from .routed_fwd import LOG2E
 from ._launch import launch
 
@@ -28,8 +28,7 @@ _BLOCKS = [(16, 16), (16, 32), (16, 64), (32, 32), (32, 64), (64, 32), (64, 64)]
 @triton.autotune(
     configs=tile_configs(_BLOCKS, "BLOCK_M", "BLOCK_N"),
     key=["TP", "TOPK", "BLOCK_D", "BLOCK_DV"],
-    prune_configs_by={"early_config_prune": layout_pruner("BLOCK_M", "BLOCK_N", "TOPK",
-                                                          os.environ.get("TRITON_INTERPRET", "0") == "1")},
+    prune_configs_by={"early_config_prune": layout_pruner("BLOCK_M", "BLOCK_N", "TOPK", interpreting(), "dq")},
 )
 @triton.jit
 def _routed_bwd_dq_kernel(

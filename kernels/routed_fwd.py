@@ -8,7 +8,6 @@ backward kernels reuse. Tile layout and geometry: see ``_routed_common``.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -17,6 +16,7 @@ import triton.language as tl
 
 from ._intmath import cdiv
 from ._routed_common import MIN_DOT, dot_precision, layout_pruner, next_pow2, region_tokens, tile_configs
+from ._tuning import interpreting
 from ._launch import launch
 
 __all__ = ["routed_fwd", "LOG2E"]
@@ -30,8 +30,7 @@ _BLOCKS = [(16, 16), (16, 32), (16, 64), (16, 128), (32, 32), (32, 64), (64, 32)
 @triton.autotune(
     configs=tile_configs(_BLOCKS, "BLOCK_M", "BLOCK_N"),
     key=["TP", "TOPK", "BLOCK_D", "BLOCK_DV"],
-    prune_configs_by={"early_config_prune": layout_pruner("BLOCK_M", "BLOCK_N", "TOPK",
-                                                          os.environ.get("TRITON_INTERPRET", "0") == "1")},
+    prune_configs_by={"early_config_prune": layout_pruner("BLOCK_M", "BLOCK_N", "TOPK", interpreting(), "fwd")},
 )
 @triton.jit
 def _routed_fwd_kernel(

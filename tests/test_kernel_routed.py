@@ -9,7 +9,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (con
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from vitzoo.kernels._routed_common import MIN_DOT, next_pow2, tile_layout  # noqa: E402
+from vitzoo.kernels import routed_bwd as routed_bwd_module, routed_bwd_dq, routed_fwd as routed_fwd_module  # noqa: E402
+from vitzoo.kernels._routed_common import MIN_DOT, layout_pruner, next_pow2, tile_layout, untuned_tile  # noqa: E402
 from vitzoo.kernels.routed_bwd import routed_bwd  # noqa: E402
 from vitzoo.kernels.routed_inverse_index import inverse_routing  # noqa: E402
 from vitzoo.kernels.routed_fwd import routed_fwd  # noqa: E402
@@ -18,6 +19,18 @@ from vitzoo.ops import route_regions, routed_attention, routed_attention_torch  
 
 def _cfg(big, small, groups, slots, big_name="BLOCK_M", small_name="BLOCK_N"):
     return {big_name: big, small_name: small, "GROUPS": groups, "SLOTS": slots}
+
+
+def _untuned(role, tp, topk):
+    """The config a kernel runs with autotuning off on the GPU (:func:`untuned_tile`), as an explicit config."""
+    stationary, streamed = untuned_tile(role, tp, topk)
+    groups, slots = tile_layout(stationary, streamed, tp, topk)
+    names = ("BLOCK_N", "BLOCK_M") if role == "dkdv" else ("BLOCK_M", "BLOCK_N")
+    return _cfg(stationary, streamed, groups, slots, *names)
+
+
+def _untuned_all(tp, topk):
+    return tuple(_untuned(role, tp, topk) for role in ("fwd", "dq", "dkdv"))
 
 
 # (B, H, W, heads, d, d_v, n_win, topk, dtype, fwd config, dq config, dkdv config)
@@ -36,6 +49,11 @@ CASES = {
                    _cfg(16, 32, 1, 2, "BLOCK_N", "BLOCK_M")),
     # autotuned path (the interpreter keeps the first legal config), T=12, topk=1
     "autotuned_fp32": (1, 8, 6, 1, 16, 16, 2, 1, torch.float32, None, None, None),
+    # the GPU's untuned tiles (autotuning off) in their three regimes, padded maps: 2x2 regions routed to all 16
+    # (the forward streams 4 query regions x 8 routed regions per step), 4x4 regions to 4, one 8x8 region
+    "untuned_tiny_regions_fp32": (1, 7, 8, 1, 16, 16, 4, 16, torch.float32, *_untuned_all(4, 16)),
+    "untuned_mid_regions_fp16": (1, 7, 8, 2, 32, 32, 2, 4, torch.float16, *_untuned_all(16, 4)),
+    "untuned_big_regions_fp32": (1, 16, 15, 1, 16, 16, 2, 1, torch.float32, *_untuned_all(64, 1)),
 }
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
 
@@ -143,6 +161,45 @@ def test_tile_layouts_are_gpu_legal(tp):
     assert kept > 0
 
 
+# (role, TP, TOPK) -> tile: the rule at the BiFormer stages where the H100 autotuner's winners were measured
+# (kernels/README.md, "Fifteenth run"); every entry is the winner except the forward at (256, 1), whose winner (64, 64)
+# was 5 % faster than this tile.
+UNTUNED_AT_MEASURED = {
+    ("fwd", 64, 1): (64, 32), ("fwd", 16, 4): (16, 32), ("fwd", 4, 16): (16, 128), ("fwd", 256, 1): (64, 32),
+    ("fwd", 64, 4): (64, 32), ("fwd", 16, 16): (16, 128),
+    ("dq", 64, 1): (64, 32), ("dq", 16, 4): (16, 32), ("dq", 4, 16): (16, 64), ("dq", 256, 1): (64, 32),
+    ("dq", 64, 4): (64, 32), ("dq", 16, 16): (16, 32),
+    ("dkdv", 64, 1): (64, 32), ("dkdv", 16, 4): (16, 32), ("dkdv", 4, 16): (16, 64), ("dkdv", 256, 1): (64, 32),
+    ("dkdv", 64, 4): (64, 32), ("dkdv", 16, 16): (16, 32),
+}
+_KERNELS = {"fwd": (routed_fwd_module._routed_fwd_kernel, "BLOCK_M", "BLOCK_N"),
+            "dq": (routed_bwd_dq._routed_bwd_dq_kernel, "BLOCK_M", "BLOCK_N"),
+            "dkdv": (routed_bwd_module._routed_bwd_dkdv_kernel, "BLOCK_N", "BLOCK_M")}
+
+
+@pytest.mark.parametrize("role", list(_KERNELS))
+def test_untuned_tile_is_the_kernels_pick_with_autotuning_off(role, monkeypatch):
+    """With VITZOO_AUTOTUNE=0 a GPU launch runs untuned_tile's config (4 warps), found in the kernel's own autotune
+    list, not the first legal config (the old default, 1.5-4.9x slower at BiFormer's stages)."""
+    monkeypatch.setenv("VITZOO_AUTOTUNE", "0")
+    kernel, stationary, streamed = _KERNELS[role]
+    prune = layout_pruner(stationary, streamed, "TOPK", interpret=False, role=role)
+    for (r, tp, topk), tile in UNTUNED_AT_MEASURED.items():
+        if r != role:
+            continue
+        assert untuned_tile(role, tp, topk) == tile
+        (picked,) = prune(kernel.configs, {"TP": tp, "TOPK": topk})
+        assert (picked.kwargs[stationary], picked.kwargs[streamed]) == tile and picked.num_warps == 4
+        assert (picked.kwargs["GROUPS"], picked.kwargs["SLOTS"]) == tile_layout(*tile, tp, topk)
+    # shapes off the measured grid still get one legal config
+    for tp in (1, 2, 8, 32, 128, 1024):
+        for topk in (1, 2, 3, 9, 49):
+            (picked,) = prune(kernel.configs, {"TP": tp, "TOPK": topk})
+            assert tile_layout(picked.kwargs[stationary], picked.kwargs[streamed], tp, topk) is not None
+    with pytest.raises(ValueError, match="role must be one of"):
+        untuned_tile("bwd", 16, 4)
+
+
 _SM90_COMPILE = """
 import triton
 from triton.backends.compiler import GPUTarget
@@ -154,7 +211,8 @@ def cfg(big, small, groups, slots, big_name="BLOCK_M", small_name="BLOCK_N"):
 for kernel, layout in ((routed_fwd._routed_fwd_kernel, cfg(16, 64, 4, 4)),
                        (routed_bwd_dq._routed_bwd_dq_kernel, cfg(16, 32, 4, 2)),
                        (routed_bwd._routed_bwd_dkdv_kernel, cfg(16, 64, 4, 4, "BLOCK_N", "BLOCK_M")),
-                       (routed_fwd._routed_fwd_kernel, cfg(64, 32, 1, 1))):
+                       (routed_fwd._routed_fwd_kernel, cfg(64, 32, 1, 1)),
+                       (routed_fwd._routed_fwd_kernel, cfg(16, 128, 4, 8))):  # stage 3's untuned forward
     fn = kernel.fn
     consts = dict(layout, TP=4 if layout["GROUPS"] > 1 else 64, BLOCK_D=32, BLOCK_DV=64, DOT_PREC="tf32")
     pointers = fn.arg_names[:[n.startswith("stride") for n in fn.arg_names].index(True)]

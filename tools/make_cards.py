@@ -199,7 +199,7 @@ def reference_of(name: str, meas: Dict):
 
 def _tiles(setting: Dict) -> str:
     """How the Triton tile configs were chosen; files written before the key existed were run with autotuning off."""
-    text = "autotuned per shape" if setting.get("autotune") else "first config (autotuning off)"
+    text = "autotuned per shape" if setting.get("autotune") else "untuned defaults (autotuning off)"
     if setting.get("iters") is not None:
         text += f"; timing: {setting['iters']} iterations x {setting.get('windows')} windows"
     if setting.get("note"):
