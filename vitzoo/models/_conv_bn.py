@@ -18,16 +18,17 @@ from timm.models.efficientvit_msra import ConvNorm
 
 from vitzoo.ops._weight_cache import cached_from_weights
 
-__all__ = ["conv_bn", "FoldingConvNorm", "fold_conv_norms"]
+__all__ = ["conv_bn", "bn_affine", "autocast_dtype", "FoldingConvNorm", "fold_conv_norms"]
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
 
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def bn_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) fp32 of an eval-mode BatchNorm: ``bn(x) == x * scale + shift`` per channel."""
     with torch.no_grad():
         scale = torch.rsqrt(bn.running_var.float() + bn.eps)
         if bn.weight is not None:
@@ -35,6 +36,12 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> Tuple[to
         shift = -bn.running_mean.float() * scale
         if bn.bias is not None:
             shift = shift + bn.bias.float()
+        return scale, shift
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        scale, shift = bn_affine(bn)
         if conv.bias is not None:
             shift = shift + conv.bias.float() * scale
         weight = conv.weight.float() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
@@ -46,7 +53,7 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
     autograd records through the parameters."""
     if bn.training or bn.running_var is None or conv.padding_mode != "zeros":
         return bn(conv(x))
-    dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
+    dtype = autocast_dtype(x.device.type) or conv.weight.dtype
     # num_batches_tracked: a training forward updates the running statistics without bumping their versions, but
     # it bumps this counter's (an in-place add in BatchNorm's Python forward)
     folded = cached_from_weights(

@@ -14,6 +14,9 @@ non-attention pieces (stem, MBConv, norms, MLP, heads, configs) are imported fro
 * the table ``T`` of timm's ``RelPosBiasTf`` gives ``bias[(i, j), (x, y)] = T[x - i + w - 1, y - j + w - 1]``
   (key minus query), which is the op's ``rpb`` convention, so it is passed as ``rpb`` unchanged.
 
+MBConv is timm's block; its inference forward on the GPU folds the BatchNorms and fuses the depthwise conv with its
+norm, GELU and "same" padding (:mod:`vitzoo.models._mbconv`). Training runs timm's forward.
+
 The state_dict layout is timm's: ``model.load_state_dict(timm_model.state_dict())`` works as is.
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ from timm.models.maxxvit import (
 from timm.models.maxxvit import checkpoint_filter_fn as _timm_maxxvit_filter
 
 from ._linear import convert_linears
+from ._mbconv import fuse_mbconv_blocks
 from ._norm import token_norm_layer
 from ._partition_attn import PartitionAttention2d, check_attn_backend
 
@@ -124,7 +128,8 @@ class MaxViTBlock(nn.Module):
     ):
         super().__init__()
         conv_cls = ConvNeXtBlock if conv_cfg.block_type == "convnext" else MbConvBlock
-        self.conv = conv_cls(dim, dim_out, stride=stride, cfg=conv_cfg, drop_path=drop_path)
+        self.conv = fuse_mbconv_blocks(conv_cls(dim, dim_out, stride=stride, cfg=conv_cfg, drop_path=drop_path),
+                                       backend=attn_backend)
         attn_kwargs = dict(dim=dim_out, cfg=transformer_cfg, drop_path=drop_path, attn_backend=attn_backend)
         self.attn_block = None if transformer_cfg.no_block_attn else PartitionBlock(**attn_kwargs)
         self.attn_grid = PartitionBlock(partition_type="grid", **attn_kwargs)

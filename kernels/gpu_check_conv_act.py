@@ -1,0 +1,98 @@
+"""GPU correctness of MBConv's inference kernels (``depthwise_conv_fwd.py``, ``channel_scale.py``) in bf16 / fp16 /
+fp32 against float64 at MaxViT-T's MBConv shapes (the 4x-expanded maps, stride 1 and the stride-2 TF "same" padding),
+and of the fused MBConv block against timm's on the same parameters. Rule: error <= 2 x torch's own error in the
+same dtype (cuDNN's depthwise conv + torch's GELU; torch's broadcast multiply; timm's block) + a small floor."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from ._bench_utils import rel_err, row
+
+PATTERN = "conv_act"
+DEVICE = "cuda"
+FLOOR = {torch.bfloat16: 2e-3, torch.float16: 5e-4, torch.float32: 1e-6}
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# (case, batch, H, W, C, stride, (top, bottom, left, right))
+DW_CASES = (("maxvit_t_s1_first_112_s2", 32, 112, 112, 256, 2, (0, 1, 0, 1)),
+            ("maxvit_t_s1_56", 32, 56, 56, 256, 1, (1, 1, 1, 1)),
+            ("maxvit_t_s4_7", 64, 7, 7, 3072, 1, (1, 1, 1, 1)),
+            ("odd_15x13_s2_c100", 8, 15, 13, 100, 2, (1, 1, 1, 1)))
+BLOCK_CASES = (("stride1_c64_28", 16, 64, 64, 1, 28), ("stride2_c64_c128_28", 16, 64, 128, 2, 28),
+               ("stride2_odd_c48_15", 8, 48, 96, 2, 15))
+
+
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _depthwise_rows() -> List[Dict]:
+    from vitzoo.ops import channel_scale_, depthwise_conv2d_act
+
+    rows: List[Dict] = []
+    for case, batch, height, width, channels, stride, pad in DW_CASES:
+        x64 = torch.randn(batch, channels, height, width, device=DEVICE, dtype=torch.float64)
+        x64 = x64.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        w64 = torch.randn(channels, 1, 3, 3, device=DEVICE, dtype=torch.float64) * 0.3
+        b64 = torch.randn(channels, device=DEVICE, dtype=torch.float64)
+        gate64 = torch.rand(batch, channels, device=DEVICE, dtype=torch.float64)
+        top, bottom, left, right = pad
+
+        def torch_dw(x, w, b):
+            return _gelu_tanh(F.conv2d(F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom)), w, b, stride,
+                                       groups=channels)).permute(0, 2, 3, 1)
+
+        exact = torch_dw(x64, w64, b64)
+        exact_scaled = exact * gate64[:, None, None, :]
+        for dtype in DTYPES:
+            x = x64.to(dtype)
+            with torch.no_grad():
+                ours = depthwise_conv2d_act(x, w64.float(), b64.float(), stride, pad, "gelu_tanh", backend="triton")
+                ref = torch_dw(x, w64.to(dtype), b64.to(dtype))
+                err, ref_err = rel_err(ours, exact), rel_err(ref, exact)
+                rows.append(row(PATTERN, f"dw_{case}", "out", dtype=str(dtype)[6:], err=err, ref_err=ref_err,
+                                ok=bool(err <= 2 * ref_err + FLOOR[dtype] and ours.dtype == dtype)))
+                gate = gate64.to(dtype)
+                scaled = channel_scale_(ours.clone(), gate, backend="triton")
+                ref_scaled = ref * gate[:, None, None, :]
+                err, ref_err = rel_err(scaled, exact_scaled), rel_err(ref_scaled, exact_scaled)
+                rows.append(row(PATTERN, f"scale_{case}", "out", dtype=str(dtype)[6:], err=err, ref_err=ref_err,
+                                ok=bool(err <= 2 * ref_err + FLOOR[dtype])))
+    return rows
+
+
+def _block_rows() -> List[Dict]:
+    from timm.models.maxxvit import MaxxVitConvCfg, MbConvBlock
+
+    from vitzoo.models._mbconv import FusedMbConvBlock, fuse_mbconv_blocks
+
+    rows: List[Dict] = []
+    cfg = MaxxVitConvCfg(norm_eps=1e-3, act_layer="gelu_tanh", padding="same")
+    for case, batch, in_chs, out_chs, stride, size in BLOCK_CASES:
+        timm_block = MbConvBlock(in_chs, out_chs, stride=stride, cfg=cfg).to(DEVICE).eval()
+        with torch.no_grad():
+            for bn in (timm_block.pre_norm, timm_block.norm1, timm_block.norm2):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+        fused = fuse_mbconv_blocks(MbConvBlock(in_chs, out_chs, stride=stride, cfg=cfg), backend="triton")
+        fused = fused.to(DEVICE).eval()
+        fused.load_state_dict(timm_block.state_dict())
+        assert type(fused) is FusedMbConvBlock
+        x = torch.randn(batch, in_chs, size, size, device=DEVICE).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            exact = timm_block.double()(x.double())
+            timm_block.float()
+            for dtype in (torch.bfloat16, torch.float32):
+                with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                    ours, ref = fused(x), timm_block(x)
+                err, ref_err = rel_err(ours, exact), rel_err(ref, exact)
+                rows.append(row(PATTERN, f"mbconv_{case}", "fused_block", dtype=str(dtype)[6:], err=err,
+                                ref_err=ref_err, ok=bool(err <= 2 * ref_err + FLOOR[dtype])))
+    return rows
+
+
+def run() -> List[Dict]:
+    torch.manual_seed(0)
+    return _depthwise_rows() + _block_rows()
