@@ -1,7 +1,9 @@
-"""GPU correctness of MBConv's inference kernels (``depthwise_conv_fwd.py``, ``channel_scale.py``) in bf16 / fp16 /
-fp32 against float64 at MaxViT-T's MBConv shapes (the 4x-expanded maps, stride 1 and the stride-2 TF "same" padding),
-and of the fused MBConv block against timm's on the same parameters. Rule: error <= 2 x torch's own error in the
-same dtype (cuDNN's depthwise conv + torch's GELU; torch's broadcast multiply; timm's block) + a small floor."""
+"""GPU correctness of the conv blocks' inference ops in bf16 / fp16 / fp32 against float64: MBConv's kernels
+(``depthwise_conv_fwd.py``, ``channel_scale.py``) at MaxViT-T's shapes (the 4x-expanded maps, stride 1 and the
+stride-2 TF "same" padding), the fused MBConv block against timm's on the same parameters, and cuDNN's fused
+conv + bias (+ residual) + ReLU (``vitzoo.ops.conv2d_bias_relu``) at HaloNet-26t's shapes. Rule: error <= 2 x
+torch's own error in the same dtype (cuDNN's depthwise conv + torch's GELU; torch's broadcast multiply; timm's block;
+conv, add, relu) + a small floor."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -20,6 +22,11 @@ DW_CASES = (("maxvit_t_s1_first_112_s2", 32, 112, 112, 256, 2, (0, 1, 0, 1)),
             ("maxvit_t_s1_56", 32, 56, 56, 256, 1, (1, 1, 1, 1)),
             ("maxvit_t_s4_7", 64, 7, 7, 3072, 1, (1, 1, 1, 1)),
             ("odd_15x13_s2_c100", 8, 15, 13, 100, 2, (1, 1, 1, 1)))
+# (case, batch, C_in, C_out, map, kernel, stride, with residual)
+CONV_RELU_CASES = (("halonet26t_s1_1x1_64to256_add", 32, 64, 256, 56, 1, 1, True),
+                   ("halonet26t_s1_3x3_64", 32, 64, 64, 56, 3, 1, False),
+                   ("halonet26t_s2_3x3_128_s2", 32, 128, 128, 56, 3, 2, False),
+                   ("stem_3x3_3to24_s2", 32, 3, 24, 255, 3, 2, False))
 BLOCK_CASES = (("stride1_c64_28", 16, 64, 64, 1, 28), ("stride2_c64_c128_28", 16, 64, 128, 2, 28),
                ("stride2_odd_c48_15", 8, 48, 96, 2, 15))
 
@@ -93,6 +100,36 @@ def _block_rows() -> List[Dict]:
     return rows
 
 
+def _conv_relu_rows() -> List[Dict]:
+    from vitzoo.ops import conv2d_bias_relu
+
+    rows: List[Dict] = []
+    for case, batch, c_in, c_out, size, k, stride, with_residual in CONV_RELU_CASES:
+        x64 = torch.randn(batch, c_in, size, size, device=DEVICE, dtype=torch.float64)
+        w64 = torch.randn(c_out, c_in, k, k, device=DEVICE, dtype=torch.float64) / (c_in * k * k) ** 0.5
+        b64 = torch.randn(c_out, device=DEVICE, dtype=torch.float64)
+        out_size = (size + 2 * (k // 2) - k) // stride + 1
+        z64 = (torch.randn(batch, c_out, out_size, out_size, device=DEVICE, dtype=torch.float64)
+               if with_residual else None)
+
+        def torch_ref(x, w, b, z):
+            out = F.conv2d(x, w, b, stride, k // 2)
+            return torch.relu(out if z is None else out + z)
+
+        exact = torch_ref(x64, w64, b64, z64)
+        for dtype in DTYPES:
+            cl = dict(memory_format=torch.channels_last)
+            x, w = x64.to(dtype).contiguous(**cl), w64.to(dtype).contiguous(**cl)
+            z = None if z64 is None else z64.to(dtype).contiguous(**cl)
+            with torch.no_grad():
+                ours = conv2d_bias_relu(x, w, b64.to(dtype), (stride, stride), (k // 2, k // 2), residual=z)
+                ref = torch_ref(x, w, b64.to(dtype), z)
+            err, ref_err = rel_err(ours, exact), rel_err(ref, exact)
+            rows.append(row(PATTERN, f"conv_relu_{case}", "out", dtype=str(dtype)[6:], err=err, ref_err=ref_err,
+                            ok=bool(err <= 2 * ref_err + FLOOR[dtype] and ours.dtype == dtype)))
+    return rows
+
+
 def run() -> List[Dict]:
     torch.manual_seed(0)
-    return _depthwise_rows() + _block_rows()
+    return _depthwise_rows() + _block_rows() + _conv_relu_rows()

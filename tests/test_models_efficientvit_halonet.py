@@ -296,6 +296,43 @@ def test_halonet_non_square_size_and_contract():
     assert ours.prune_intermediate_layers(indices=2) == ref.prune_intermediate_layers(indices=2)
 
 
+@pytest.mark.parametrize("name", ["halonet26t", "halonet_h1"])
+def test_halonet_fused_inference_matches_timm(name, monkeypatch):
+    """The inference path the GPU takes (BatchNorms folded, conv + bias (+ residual) + ReLU in one call; on CPU the op
+    is F.conv2d + add + relu), forced on CPU: every conv-BN-ReLU layer and block tail fused, timm's outputs.
+    (halonet50ts's SiLU layers are not fusable: see test_halonet_silu_layers_stay_timms.)"""
+    import vitzoo.models._conv_norm_act as cna
+    from timm.layers import ConvNormAct
+    from timm.models.byobnet import BottleneckBlock, SelfAttnBlock
+
+    ref, ours = _pair(name)
+    fused = [m for m in ours.modules() if isinstance(m, (cna.FusedConvNormAct, cna.FusedBottleneckBlock,
+                                                         cna.FusedSelfAttnBlock))]
+    blocks = [m for m in ref.modules() if isinstance(m, (BottleneckBlock, SelfAttnBlock))]
+    relu_convs = [m for m in ref.modules() if isinstance(m, ConvNormAct) and isinstance(m.bn.act, torch.nn.ReLU)]
+    assert len(fused) == len(blocks) + len(relu_convs) and len(blocks) > 0
+    for m in fused:
+        m.fused = True
+    calls = []
+    real = cna.conv2d_bias_relu
+    monkeypatch.setattr(cna, "conv2d_bias_relu", lambda *a, **kw: calls.append(a[-1] is not None) or real(*a, **kw))
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    # every block tail with a shortcut adds it in the fused call; the ReLU convs inside blocks and the stem have none
+    assert sum(calls) == sum(b.shortcut is not None for b in blocks) and len(calls) == len(fused)
+    assert _rel(got, want) <= 1e-4
+    ours(x)  # autograd on: timm's forward
+    assert len(calls) == len(fused)
+
+
+def test_halonet_silu_layers_stay_timms():
+    import vitzoo.models._conv_norm_act as cna
+
+    model = timm.create_model("vz_halonet50ts")
+    assert not any(type(m).__module__ == cna.__name__ for m in model.modules())
+
+
 def test_halonet_features_only():
     ref = timm.create_model("halonet50ts", features_only=True, out_indices=(2, 3, 4)).eval()
     _randomize(ref)

@@ -18,7 +18,7 @@ from timm.models.efficientvit_msra import ConvNorm
 
 from vitzoo.ops._weight_cache import cached_from_weights
 
-__all__ = ["conv_bn", "bn_affine", "autocast_dtype", "FoldingConvNorm", "fold_conv_norms"]
+__all__ = ["conv_bn", "folded_conv_bn", "bn_affine", "autocast_dtype", "FoldingConvNorm", "fold_conv_norms"]
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -48,20 +48,25 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> Tuple[to
         return weight.to(dtype), shift.to(dtype)
 
 
-def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``bn(conv(x))``; one convolution with cached folded weights when ``bn`` uses running statistics (eval) and no
-    autograd records through the parameters."""
-    if bn.training or bn.running_var is None or conv.padding_mode != "zeros":
-        return bn(conv(x))
-    dtype = autocast_dtype(x.device.type) or conv.weight.dtype
+def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(.))`` as one convolution in ``dtype``, cached while no parameter or running
+    statistic changes (folded afresh where nothing may be cached, e.g. during CUDA graph capture)."""
     # num_batches_tracked: a training forward updates the running statistics without bumping their versions, but
     # it bumps this counter's (an in-place add in BatchNorm's Python forward)
     folded = cached_from_weights(
         (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked),
         ("conv_bn", bn.eps, dtype), lambda: _folded(conv, bn, dtype))
-    if folded is None:  # e.g. fine-tuning with frozen statistics: gradients flow through both modules
+    return folded if folded is not None else _folded(conv, bn, dtype)
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``; one convolution with cached folded weights when ``bn`` uses running statistics (eval) and no
+    autograd records through the parameters."""
+    if bn.training or bn.running_var is None or conv.padding_mode != "zeros":
         return bn(conv(x))
-    weight, bias = folded
+    if torch.is_grad_enabled() and any(p.requires_grad for p in (conv.weight, bn.weight, bn.bias) if p is not None):
+        return bn(conv(x))  # e.g. fine-tuning with frozen statistics: gradients flow through both modules
+    weight, bias = folded_conv_bn(conv, bn, autocast_dtype(x.device.type) or conv.weight.dtype)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

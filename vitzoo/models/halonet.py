@@ -8,7 +8,9 @@ timm's ``halonet26t``, ``halonet50ts`` and ``halonet_h1`` are ByobNet configs wh
 :class:`HaloAttnVz` (a ``HaloAttn`` subclass: same parameters, same key names, same init) whose attention core is one
 :func:`vitzoo.ops.halo_attention_2d` call on the natural (B, H, W, heads, d) layout, instead of the unfold of
 ``(block + 2 * halo)^2`` key/value windows per block, the explicit logits tensor and the relative-logit pad/reshape
-tricks. So ``load_state_dict(timm_model.state_dict())`` works unchanged and gives timm's outputs.
+tricks. So ``load_state_dict(timm_model.state_dict())`` works unchanged and gives timm's outputs. In inference on the GPU
+the conv-BN-ReLU layers and the blocks' residual tails run as fused cuDNN convolutions with the BatchNorms folded
+(:mod:`vitzoo.models._conv_norm_act`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet, checkpoint_fi
 
 from vitzoo.ops import BACKENDS, halo_attention_2d
 
+from ._conv_norm_act import fuse_conv_norm_acts
 from ._linear import convert_linears
 
 __all__ = ["HaloAttnVz", "HaloNetVz", "checkpoint_filter_fn"]
@@ -106,6 +109,7 @@ class HaloNetVz(ByobNet):
         if attn_backend not in BACKENDS:
             raise ValueError(f"attn_backend must be one of {BACKENDS}, got {attn_backend!r}")
         super().__init__(vz_halo_cfg(cfg, attn_backend), **kwargs)
+        fuse_conv_norm_acts(self)  # inference on CUDA: BN folded, conv + bias (+ residual) + ReLU in one cuDNN call
         self.attn_backend = attn_backend
         self.input_multiple = self._annotate_reductions(_stage_strides(cfg))
 

@@ -11,5 +11,5 @@ from .layer_norm import layer_norm, layer_norm_torch
 from .linear import linear
 from .channel import channel_attention, channel_attention_torch
 from .residual import bias_residual_add
-from .conv_act import channel_scale_, depthwise_conv2d_act, same_padding
+from .conv_act import channel_scale_, conv2d_bias_relu, depthwise_conv2d_act, same_padding
 from ._weight_cache import clear_weight_cache, weight_cache_enabled

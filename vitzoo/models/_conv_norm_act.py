@@ -1,0 +1,114 @@
+"""timm's ``ConvNormAct`` (conv -> BatchNorm -> ReLU) and ByobNet's bottleneck / self-attention blocks with an
+inference forward that folds each BatchNorm into its conv and runs conv + bias (+ residual) + ReLU as one cuDNN call
+(:func:`vitzoo.ops.conv2d_bias_relu`). Same parameters and state dict.
+
+Why: in a ResNet-style backbone torch runs every BatchNorm and ReLU, and every block's residual add, as a full pass
+over the map; a folded conv adds its bias through a non-vectorized broadcast kernel, which is why folding alone made
+HaloNet slower (kernels/README.md, "Tenth run"). cuDNN's fused epilogue does bias, add and ReLU inside the conv:
+on the H100 a bottleneck's 1x1 conv 64 -> 256 at 56x56 went from 1246 us (conv, BN, add, ReLU) to 362 us.
+
+Fused: ``ConvNormAct`` with a ReLU (stem, 1x1 reductions, 3x3 convs), and the block tail ``relu(conv3_1x1(x) +
+shortcut)``. Not fused: BN-only convs outside a tail (the downsampling shortcut) and the BN + ReLU after halo
+attention (no conv to fold into). Training, anything recording autograd, ``torch.compile`` tracing and CPU tensors run
+timm's forward, so CPU outputs equal timm's exactly; ``fused=True`` forces the folded path anywhere (tests).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import BatchNormAct2d, ConvNormAct
+from timm.models.byobnet import BottleneckBlock, SelfAttnBlock
+
+from vitzoo.ops import conv2d_bias_relu
+
+from ._conv_bn import autocast_dtype, folded_conv_bn
+
+__all__ = ["FusedConvNormAct", "FusedBottleneckBlock", "FusedSelfAttnBlock", "fuse_conv_norm_acts"]
+
+
+def _is_bn(bn: nn.Module, act: type) -> bool:
+    return (type(bn) is BatchNormAct2d and bn.running_var is not None and isinstance(bn.drop, nn.Identity)
+            and type(bn.act) is act)
+
+
+def _foldable(m: nn.Module, act: type) -> bool:
+    """A ``ConvNormAct`` whose conv is a plain zero-padded ``nn.Conv2d`` followed by BN + ``act``, no anti-aliasing."""
+    conv = getattr(m, "conv", None)
+    return (type(m) is ConvNormAct and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and _is_bn(m.bn, act)
+            and isinstance(getattr(m, "aa", None), (type(None), nn.Identity)))
+
+
+def _fused_active(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a forward takes the folded path: eval, no autograd, not traced, on CUDA (or ``fused=True``)."""
+    if module.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    return x.is_cuda if module.fused is None else module.fused
+
+
+def _conv_norm_relu(m: ConvNormAct, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``relu(bn(conv(x)) [+ residual])`` with the BN folded into the conv."""
+    conv = m.conv
+    weight, bias = folded_conv_bn(conv, m.bn, autocast_dtype(x.device.type) or conv.weight.dtype)
+    return conv2d_bias_relu(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, residual)
+
+
+class FusedConvNormAct(ConvNormAct):
+    """timm's ``ConvNormAct`` (BN + ReLU); inference runs one fused conv + bias + ReLU (module docstring)."""
+
+    fused: Optional[bool] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _fused_active(self, x):
+            return super().forward(x)
+        return _conv_norm_relu(self, x)
+
+
+class FusedBottleneckBlock(BottleneckBlock):
+    """timm's ByobNet ``BottleneckBlock``; inference runs ``relu(conv3_1x1(x) + shortcut)`` as one fused conv."""
+
+    fused: Optional[bool] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _fused_active(self, x):
+            return super().forward(x)
+        shortcut = None if self.shortcut is None else self.shortcut(x)  # None: a block without shortcut
+        x = self.attn(self.conv2b_kxk(self.conv2_kxk(self.conv1_1x1(x))))
+        return _conv_norm_relu(self.conv3_1x1, x, shortcut)
+
+
+class FusedSelfAttnBlock(SelfAttnBlock):
+    """timm's ByobNet ``SelfAttnBlock`` (HaloNet's halo blocks); inference fuses the tail as the bottleneck does."""
+
+    fused: Optional[bool] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _fused_active(self, x):
+            return super().forward(x)
+        shortcut = None if self.shortcut is None else self.shortcut(x)
+        x = self.post_attn(self.self_attn(self.conv2_kxk(self.conv1_1x1(x))))
+        return _conv_norm_relu(self.conv3_1x1, x, shortcut)
+
+
+def _tail_fusable(block: nn.Module) -> bool:
+    """The block ends ``act(drop_path(conv3_1x1(x)) + shortcut)`` with a BN-only conv3, ReLU and nothing between."""
+    return (_foldable(block.conv3_1x1, nn.Identity) and type(block.act) is nn.ReLU
+            and isinstance(getattr(block, "attn_last", nn.Identity()), nn.Identity))
+
+
+def fuse_conv_norm_acts(module: nn.Module, fused: Optional[bool] = None) -> nn.Module:
+    """Make every foldable ``ConvNormAct`` (BN + ReLU), ``BottleneckBlock`` and ``SelfAttnBlock`` inside ``module`` its
+    fused subclass (only ``forward`` differs: parameters and state dict unchanged). ``fused``: None = on CUDA only."""
+    for m in module.modules():
+        if _foldable(m, nn.ReLU):
+            m.__class__ = FusedConvNormAct
+        elif type(m) is BottleneckBlock and _tail_fusable(m):
+            m.__class__ = FusedBottleneckBlock
+        elif type(m) is SelfAttnBlock and _tail_fusable(m):
+            m.__class__ = FusedSelfAttnBlock
+        else:
+            continue
+        m.fused = fused
+    return module
