@@ -28,8 +28,8 @@ import triton.language as tl  # noqa: F401  (the interpreter needs it in the glo
 from ._intmath import next_pow2  # noqa: F401 - re-exported for the kernels of this family
 from ._tuning import autotune_enabled
 
-__all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "untuned_tile", "dot_precision", "next_pow2",
-           "MIN_DOT", "MAX_HEAD_DIM", "KERNEL_ROLES"]
+__all__ = ["region_tokens", "tile_layout", "tile_configs", "layout_pruner", "untuned_tile", "dot_precision",
+           "next_pow2", "MIN_DOT", "MAX_HEAD_DIM", "KERNEL_ROLES"]
 
 MIN_DOT = 16  # smallest tl.dot operand dimension on NVIDIA tensor cores
 MAX_HEAD_DIM = 128  # beyond this the fp32 accumulators no longer fit the register file at these tile sizes

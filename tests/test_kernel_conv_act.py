@@ -233,3 +233,13 @@ def test_kernels_compile_for_sm90_bf16():
     env = dict(os.environ, TRITON_INTERPRET="0")
     done = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_tile_sweep_says_it_needs_a_gpu():
+    """kernels/tile_sweep.py (the GPU tool that chose the untuned tiles) refuses to run without CUDA, naming why."""
+    from vitzoo.kernels import tile_sweep
+
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        tile_sweep.main(["--only", "routed"])
+    with pytest.raises(SystemExit):
+        tile_sweep.main(["--only", "attention"])  # argparse: not one of the sweeps
