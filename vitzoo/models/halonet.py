@@ -8,9 +8,9 @@ timm's ``halonet26t``, ``halonet50ts`` and ``halonet_h1`` are ByobNet configs wh
 :class:`HaloAttnVz` (a ``HaloAttn`` subclass: same parameters, same key names, same init) whose attention core is one
 :func:`vitzoo.ops.halo_attention_2d` call on the natural (B, H, W, heads, d) layout, instead of the unfold of
 ``(block + 2 * halo)^2`` key/value windows per block, the explicit logits tensor and the relative-logit pad/reshape
-tricks. So ``load_state_dict(timm_model.state_dict())`` works unchanged and gives timm's outputs. In inference on the GPU
-the conv-BN-ReLU layers and the blocks' residual tails run as fused cuDNN convolutions with the BatchNorms folded
-(:mod:`vitzoo.models._conv_norm_act`).
+tricks. So ``load_state_dict(timm_model.state_dict())`` works unchanged and gives timm's outputs. In inference on the
+GPU the conv-BN-ReLU layers and the blocks' residual tails run as fused cuDNN convolutions with the BatchNorms
+folded (:mod:`vitzoo.models._conv_norm_act`).
 """
 from __future__ import annotations
 
