@@ -76,7 +76,6 @@ def _untuned(kernel, args: Dict) -> Callable[[], object]:
 def sweep_routed() -> List[Dict]:
     from . import routed_bwd, routed_bwd_dq, routed_fwd
     from ._routed_common import next_pow2
-    from vitzoo.ops import route_regions
 
     kernels = (("fwd", routed_fwd._routed_fwd_kernel), ("dq", routed_bwd_dq._routed_bwd_dq_kernel),
                ("dkdv", routed_bwd._routed_bwd_dkdv_kernel))
@@ -85,7 +84,8 @@ def sweep_routed() -> List[Dict]:
         heads = dim // 32
         qkv = torch.randn(batch, side, side, 3 * dim, device="cuda", dtype=torch.bfloat16)
         q, k, v = (t.unflatten(-1, (heads, -1)) for t in qkv.split([dim] * 3, -1))
-        index = route_regions(q, k, n_win, topk)
+        regions = n_win * n_win  # a random routing: distinct regions per query region, as top-k gives
+        index = torch.rand(batch, regions, regions, device="cuda").topk(topk, dim=-1).indices
         _fresh(kernel for _, kernel in kernels)
         out, lse = routed_fwd.routed_fwd(q, k, v, index, n_win, dim ** -0.5)
         routed_bwd.routed_bwd(torch.randn_like(out), q, k, v, out, lse, index, n_win, dim ** -0.5)
@@ -99,12 +99,12 @@ def sweep_routed() -> List[Dict]:
 
 def sweep_conv_act() -> List[Dict]:
     from . import channel_scale, depthwise_conv_fwd
-    from vitzoo.ops import same_padding
 
     rows: List[Dict] = []
     for case, (size, channels, stride) in CONV_CASES.items():
         x = torch.randn(256, size, size, channels, device="cuda", dtype=torch.bfloat16)
-        top, bottom, out = same_padding(size, 3, stride) if stride > 1 else (1, 1, size)
+        out = -(-size // stride)  # TF "same": ceil(size / stride), the odd padding pixel after the map
+        top = max((out - 1) * stride + 3 - size, 0) // 2
         dw, scale = depthwise_conv_fwd._depthwise_conv_fwd_kernel, channel_scale._channel_scale_kernel
         _fresh((dw, scale))
         y = depthwise_conv_fwd.depthwise_conv_fwd(x, torch.randn(9, channels, device="cuda"),
