@@ -18,13 +18,16 @@ def autotune_enabled() -> bool:
     return not interpreting() and os.environ.get("VITZOO_AUTOTUNE", "1") not in ("0", "false", "False")
 
 
-def mode_pruner(interpret_config):
+def mode_pruner(interpret_config, untuned=None):
     """``early_config_prune`` for kernels whose configs need no shape filtering: ``interpret_config`` (a small tile)
-    under the interpreter, the first config (the untuned default) with autotuning off, all of them otherwise."""
+    under the interpreter, all configs when autotuning, else the untuned default: ``untuned(configs, named_args)``
+    when given (a shape-dependent pick), the first config otherwise."""
 
     def prune(configs, named_args, **kwargs):
         if interpreting():
             return [interpret_config]
-        return configs if autotune_enabled() else configs[:1]
+        if autotune_enabled():
+            return configs
+        return [untuned(configs, {**named_args, **kwargs})] if untuned is not None else configs[:1]
 
     return prune

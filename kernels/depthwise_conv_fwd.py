@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ._intmath import cdiv
 from ._launch import launch
-from ._tuning import autotune_enabled, interpreting
+from ._tuning import mode_pruner
 
 __all__ = ["depthwise_conv_fwd", "ACTIVATIONS"]
 
@@ -42,16 +42,15 @@ def _configs():
     return [triton.Config({"BLOCK_W": w, "BLOCK_C": c}, num_warps=warps, num_stages=2) for w, c, warps in _TILES]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Every config when autotuning; else the untuned tile for this map width; one tiny tile under the interpreter."""
-    if interpreting():
-        return [triton.Config({"BLOCK_W": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4,
-                              num_stages=1)]
-    if autotune_enabled():
-        return configs
-    block_w = NARROW_BLOCK_W if int(named_args["W_OUT"]) <= NARROW_BLOCK_W else UNTUNED_BLOCK_W
+def _untuned_config(configs, args):
+    """The untuned tile for this map width (comment above), else the first config."""
+    block_w = NARROW_BLOCK_W if int(args["W_OUT"]) <= NARROW_BLOCK_W else UNTUNED_BLOCK_W
     chosen = [c for c in configs if c.kwargs["BLOCK_W"] == block_w and c.kwargs["BLOCK_C"] == UNTUNED_BLOCK_C]
-    return chosen[:1] or configs[:1]
+    return chosen[0] if chosen else configs[0]
+
+
+_prune = mode_pruner(triton.Config({"BLOCK_W": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4,
+                                   num_stages=1), untuned=_untuned_config)
 
 
 @triton.autotune(configs=_configs(), key=["C", "W_OUT", "STRIDE", "K"], prune_configs_by={"early_config_prune": _prune})

@@ -58,6 +58,19 @@ def test_depthwise_conv_matches_float64(name):
     assert float((ref.double() - want).abs().max()) / float(want.abs().max()) <= TOL[dtype]
 
 
+def test_depthwise_weights_changed_in_place_are_reread():
+    """The op caches its kernel-layout weights: an in-place change of the weight or bias must reach the kernel."""
+    x = torch.randn(1, 6, 6, 20)
+    weight, bias = torch.randn(20, 1, 3, 3), torch.randn(20)
+    with torch.no_grad():
+        for _ in range(2):
+            got = depthwise_conv2d_act(x, weight, bias, 1, (1, 1, 1, 1), backend="triton")
+            want = depthwise_conv2d_act(x, weight, bias, 1, (1, 1, 1, 1), backend="torch")
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            weight.mul_(-2.0)
+            bias.add_(1.0)
+
+
 def test_untuned_depthwise_tile(monkeypatch):
     """With VITZOO_AUTOTUNE=0 on a GPU the kernel runs the H100 winners: (16, 128) on wide maps, (8, 128) on 7x7."""
     from vitzoo.kernels import depthwise_conv_fwd as module

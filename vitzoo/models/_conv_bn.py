@@ -14,17 +14,32 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
 from timm.models.efficientvit_msra import ConvNorm
 
-from vitzoo.ops._weight_cache import cached_from_weights
+from vitzoo.ops._weight_cache import cached_or_built
 
-__all__ = ["conv_bn", "folded_conv_bn", "bn_affine", "autocast_dtype", "FoldingConvNorm", "fold_conv_norms"]
+__all__ = ["conv_bn", "folded_conv_bn", "bn_affine", "autocast_dtype", "foldable_bn_act", "folding_allowed",
+           "FoldingConvNorm", "fold_conv_norms"]
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+def foldable_bn_act(bn: nn.Module, act: type) -> bool:
+    """A timm ``BatchNormAct2d`` an inference forward can fold: running statistics, no dropout, activation exactly
+    ``act`` (``nn.Identity`` for a plain BN)."""
+    return (type(bn) is BatchNormAct2d and bn.running_var is not None and isinstance(bn.drop, nn.Identity)
+            and type(bn.act) is act)
+
+
+def folding_allowed(module: nn.Module) -> bool:
+    """Whether a forward may fold BatchNorms: eval mode, no autograd recording, not traced by ``torch.compile``
+    (Inductor fuses BN and activations itself)."""
+    return not (module.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -53,10 +68,9 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> T
     statistic changes (folded afresh where nothing may be cached, e.g. during CUDA graph capture)."""
     # num_batches_tracked: a training forward updates the running statistics without bumping their versions, but
     # it bumps this counter's (an in-place add in BatchNorm's Python forward)
-    folded = cached_from_weights(
+    return cached_or_built(
         (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked),
         ("conv_bn", bn.eps, dtype), lambda: _folded(conv, bn, dtype))
-    return folded if folded is not None else _folded(conv, bn, dtype)
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:

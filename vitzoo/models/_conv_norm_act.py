@@ -18,32 +18,27 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from timm.layers import BatchNormAct2d, ConvNormAct
+from timm.layers import ConvNormAct
 from timm.models.byobnet import BottleneckBlock, SelfAttnBlock
 
 from vitzoo.ops import conv2d_bias_relu
 
-from ._conv_bn import autocast_dtype, folded_conv_bn
+from ._conv_bn import autocast_dtype, foldable_bn_act, folded_conv_bn, folding_allowed
 
 __all__ = ["FusedConvNormAct", "FusedBottleneckBlock", "FusedSelfAttnBlock", "fuse_conv_norm_acts"]
-
-
-def _is_bn(bn: nn.Module, act: type) -> bool:
-    return (type(bn) is BatchNormAct2d and bn.running_var is not None and isinstance(bn.drop, nn.Identity)
-            and type(bn.act) is act)
 
 
 def _foldable(m: nn.Module, act: type) -> bool:
     """A ``ConvNormAct`` whose conv is a plain zero-padded ``nn.Conv2d`` followed by BN + ``act``, no anti-aliasing."""
     conv = getattr(m, "conv", None)
     return (type(m) is ConvNormAct and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and _is_bn(m.bn, act)
+            and not isinstance(conv.padding, str) and foldable_bn_act(m.bn, act)
             and isinstance(getattr(m, "aa", None), (type(None), nn.Identity)))
 
 
 def _fused_active(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether a forward takes the folded path: eval, no autograd, not traced, on CUDA (or ``fused=True``)."""
-    if module.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if not folding_allowed(module):
         return False
     return x.is_cuda if module.fused is None else module.fused
 

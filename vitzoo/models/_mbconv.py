@@ -23,29 +23,24 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, Conv2dSame, GELUTanh, SEModule
+from timm.layers import Conv2dSame, GELUTanh, SEModule
 from timm.models.maxxvit import MbConvBlock
 
 from vitzoo.ops import channel_scale_, depthwise_conv2d_act, same_padding
 from vitzoo.ops._backend import resolve_backend
-from vitzoo.ops._weight_cache import cached_from_weights
+from vitzoo.ops._weight_cache import cached_or_built
 
-from ._conv_bn import autocast_dtype, bn_affine
+from ._conv_bn import autocast_dtype, bn_affine, foldable_bn_act, folding_allowed
 
 __all__ = ["FusedMbConvBlock", "fuse_mbconv_blocks", "fusable"]
-
-
-def _plain_bn(m: nn.Module, act: type) -> bool:
-    return (type(m) is BatchNormAct2d and m.affine and m.running_var is not None and isinstance(m.drop, nn.Identity)
-            and type(m.act) is act)
 
 
 def fusable(block: MbConvBlock) -> bool:
     """Whether a block has the structure the fused inference forward computes (MaxViT's TF-ported MBConv): BN
     pre-norm without activation, BN + tanh-GELU norms, stride in the depthwise conv, SE after norm2."""
     dw = block.conv2_kxk
-    return (_plain_bn(block.pre_norm, nn.Identity) and _plain_bn(block.norm1, GELUTanh)
-            and _plain_bn(block.norm2, GELUTanh) and isinstance(block.down, nn.Identity)
+    return (foldable_bn_act(block.pre_norm, nn.Identity) and foldable_bn_act(block.norm1, GELUTanh)
+            and foldable_bn_act(block.norm2, GELUTanh) and isinstance(block.down, nn.Identity)
             and block.se_early is None
             and (block.se is None or (type(block.se) is SEModule and not block.se.add_maxpool))
             and type(block.conv1_1x1) is nn.Conv2d and block.conv1_1x1.kernel_size == (1, 1)
@@ -63,14 +58,10 @@ class FusedMbConvBlock(MbConvBlock):
     fused_backend: str = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return super().forward(x)
-        if resolve_backend(self.fused_backend, x, op="mbconv (fused inference)") != "triton":
+        if not folding_allowed(self) or resolve_backend(self.fused_backend, x, op="mbconv (fused)") != "triton":
             return super().forward(x)
         dtype = autocast_dtype(x.device.type) or x.dtype
-        folded = cached_from_weights(self._fold_sources(), ("fused_mbconv", dtype), lambda: self._fold(dtype))
-        if folded is None:  # not cacheable (inference-mode parameters, CUDA graph capture): fold in this call
-            folded = self._fold(dtype)
+        folded = cached_or_built(self._fold_sources(), ("fused_mbconv", dtype), lambda: self._fold(dtype))
         return self._fused_forward(x, dtype, *folded)
 
     def _fold_sources(self) -> Tuple[Optional[torch.Tensor], ...]:

@@ -22,7 +22,7 @@ import torch
 from ._geometry import axis_windows
 from ._packed import packed_source
 from ._triton_op import TritonOp
-from ._weight_cache import cached_from_weights
+from ._weight_cache import cached_or_built
 
 if TYPE_CHECKING:  # pragma: no cover
     from .neighborhood import NeighborhoodArgs
@@ -166,9 +166,8 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[to
         # backward is the one-tile kernel, read it. Uncached (a CUDA graph capture, inference tensors, the cache
         # switched off) it is built per call, on the same path, so a capture meets the geometry caches its warm-up
         # filled.
-        block = cached_from_weights((rpb, bias), ("na_logit_block", tuple(kernel_size), tuple(dilation),
-                                                  tuple(stride), size, q.dtype), build_block)
-        block = block if block is not None else build_block()
+        block = cached_or_built((rpb, bias), ("na_logit_block", tuple(kernel_size), tuple(dilation), tuple(stride),
+                                              size, q.dtype), build_block)
     elif _tile_windows(q.shape, v.shape[-1], kernel_size, dilation, stride) is not None:
         block = build_block()  # the weights change every step: not worth caching
     else:

@@ -31,7 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ._switch import Switch
 
-__all__ = ["cached_from_weights", "clear_weight_cache", "weight_cache_enabled"]
+__all__ = ["cached_from_weights", "cached_or_built", "clear_weight_cache", "weight_cache_enabled"]
 
 _Entry = Tuple[tuple, Tuple[weakref.ref, ...], Any]
 _CACHE: Dict[int, Dict[Hashable, _Entry]] = {}  # id(first weight's base) -> {key: (versions, base refs, value)}
@@ -80,6 +80,13 @@ def cached_from_weights(weights: Sequence[Optional[torch.Tensor]], key: Hashable
         weakref.finalize(owner, _forget, id(owner))
     entries[full_key] = (versions, tuple(weakref.ref(b) for b in bases), value)
     return value
+
+
+def cached_or_built(weights: Sequence[Optional[torch.Tensor]], key: Hashable, build: Callable[[], Any]) -> Any:
+    """:func:`cached_from_weights`, or ``build()`` afresh where nothing may be cached (a CUDA graph capture,
+    inference-mode weights, the cache switched off): the same value either way."""
+    value = cached_from_weights(weights, key, build)
+    return value if value is not None else build()
 
 
 def _bump_optimizer_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

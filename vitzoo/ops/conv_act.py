@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._weight_cache import cached_or_built
 
 __all__ = ["depthwise_conv2d_act", "channel_scale_", "conv2d_bias_relu", "same_padding", "CONV_ACTIVATIONS"]
 
@@ -87,8 +88,12 @@ def depthwise_conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             == "triton":
         from vitzoo.kernels.depthwise_conv_fwd import depthwise_conv_fwd
 
-        taps = weight.detach().float().reshape(channels, k * k).t().contiguous()
-        bias32 = bias.detach().float() if bias is not None else taps.new_zeros(channels)
+        def kernel_layout():  # tap-major fp32 taps (K*K, C) and an fp32 bias
+            taps = weight.detach().float().reshape(channels, k * k).t().contiguous()
+            return taps, (bias.detach().float() if bias is not None else taps.new_zeros(channels))
+
+        # fixed weights (a model's folded BatchNorm) are converted once, not per call
+        taps, bias32 = cached_or_built((weight, bias), ("depthwise_taps",), kernel_layout)
         # padding after the map only shapes h_out / w_out: taps past the map read zero
         return depthwise_conv_fwd(x, taps, bias32, stride, top, left, (h_out, w_out), act, x.dtype)
     out = F.conv2d(F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom)), weight.to(x.dtype),
