@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._activation import apply_act
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
@@ -24,8 +25,6 @@ from ._tuning import mode_pruner
 __all__ = ["depthwise_conv_fwd", "ACTIVATIONS"]
 
 ACTIVATIONS = ("none", "gelu_tanh")
-SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
-GELU_CUBIC = tl.constexpr(0.044715)
 INTERPRET_BLOCKS = (4, 16)  # (BLOCK_W, BLOCK_C) under the CPU interpreter: several programs on tiny test maps
 # (BLOCK_W output columns, BLOCK_C channels, warps)
 _TILES = ((16, 128, 4), (8, 128, 4), (16, 64, 4), (32, 64, 4), (8, 64, 4), (4, 128, 4), (16, 256, 8), (32, 128, 8),
@@ -84,9 +83,7 @@ def _depthwise_conv_fwd_kernel(
             w = tl.load(WEIGHT + (kh * K + kw) * C + cs, mask=c_ok, other=0.0)
             acc += x.to(tl.float32) * w[None, :]
     acc += tl.load(BIAS + cs, mask=c_ok, other=0.0)[None, :]
-    if ACT == "gelu_tanh":
-        # 0.5 x (1 + tanh(u)) == x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
-        acc = acc * tl.sigmoid((acc + acc * acc * acc * GELU_CUBIC) * (2.0 * SQRT_2_OVER_PI))
+    acc = apply_act(acc, ACT)
     out_ptrs = OUT + b * stride_ob + oh * stride_oh + ow[:, None] * stride_ow + cs[None, :]
     tl.store(out_ptrs, acc.to(OUT.dtype.element_ty), mask=ow_ok[:, None] & c_ok[None, :])
 

@@ -1,9 +1,10 @@
-"""GPU correctness of the conv blocks' inference ops in bf16 / fp16 / fp32 against float64: MBConv's kernels
+"""GPU correctness of the conv blocks' ops in bf16 / fp16 / fp32 against float64: MBConv's inference kernels
 (``depthwise_conv_fwd.py``, ``channel_scale.py``) at MaxViT-T's shapes (the 4x-expanded maps, stride 1 and the
-stride-2 TF "same" padding), the fused MBConv block against timm's on the same parameters, and cuDNN's fused
-conv + bias (+ residual) + ReLU (``vitzoo.ops.conv2d_bias_relu``) at HaloNet-26t's shapes. Rule: error <= 2 x
-torch's own error in the same dtype (cuDNN's depthwise conv + torch's GELU; torch's broadcast multiply; timm's block;
-conv, add, relu) + a small floor."""
+stride-2 TF "same" padding), the fused MBConv block against timm's on the same parameters, cuDNN's fused
+conv + bias (+ residual) + ReLU (``vitzoo.ops.conv2d_bias_relu``) at HaloNet-26t's shapes, and the training ops
+(``vitzoo.ops.depthwise_conv2d`` and ``squeeze_excite``: outputs and every gradient) at the depthwise shapes. Rule:
+error <= 2 x torch's own error in the same dtype (cuDNN's depthwise conv + torch's GELU; torch's broadcast multiply;
+timm's block; conv, add, relu; torch's forward and backward) + a small floor."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -130,6 +131,67 @@ def _conv_relu_rows() -> List[Dict]:
     return rows
 
 
+def _grads(fn, leaves64, dtype, grad64):
+    """Output and input gradients of fn on copies of the float64 leaves cast to ``dtype``."""
+    leaves = [t.detach().to(dtype).requires_grad_(True) for t in leaves64]
+    leaves[0] = leaves[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = fn(*leaves)
+    out.backward(grad64.to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _training_rows() -> List[Dict]:
+    """The training ops: depthwise conv with per-side padding (output, dx, dweight, dbias) and squeeze-and-excite
+    (output, dx, the gate MLP's parameter gradients), against float64, with torch's own error as the yardstick."""
+    from vitzoo.ops import depthwise_conv2d, squeeze_excite
+
+    rows: List[Dict] = []
+    for case, batch, height, width, channels, stride, pad in DW_CASES:
+        x64 = torch.randn(batch, channels, height, width, device=DEVICE, dtype=torch.float64)
+        w64 = torch.randn(channels, 1, 3, 3, device=DEVICE, dtype=torch.float64) * 0.3
+        b64 = torch.randn(channels, device=DEVICE, dtype=torch.float64)
+        top, bottom, left, right = pad
+
+        def ref_fn(x, w, b):
+            return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, groups=channels)
+
+        def ours_fn(x, w, b):
+            return depthwise_conv2d(x, w, b, stride, pad, backend="triton")
+
+        grad64 = torch.randn_like(ref_fn(x64, w64, b64))
+        exact = _grads(ref_fn, [x64, w64, b64], torch.float64, grad64)
+        for dtype in DTYPES:
+            got, ref = _grads(ours_fn, [x64, w64, b64], dtype, grad64), _grads(ref_fn, [x64, w64, b64], dtype, grad64)
+            for name, g, r, e in zip(("out", "dx", "dweight", "dbias"), got, ref, exact):
+                err, ref_err = rel_err(g, e), rel_err(r, e)
+                rows.append(row(PATTERN, f"dw_train_{case}", name, dtype=str(dtype)[6:], err=err, ref_err=ref_err,
+                                ok=bool(err <= 2 * ref_err + FLOOR[dtype] and g.dtype == r.dtype)))
+    for case, batch, height, width, channels, _, _ in DW_CASES:
+        fc1_64 = torch.randn(channels // 4, channels, device=DEVICE, dtype=torch.float64) / channels ** 0.5
+        fc2_64 = torch.randn(channels, channels // 4, device=DEVICE, dtype=torch.float64) / (channels // 4) ** 0.5
+        x64 = torch.randn(batch, channels, height, width, device=DEVICE, dtype=torch.float64)
+
+        def gate(fc1, fc2):
+            return lambda m: torch.sigmoid(F.conv2d(F.silu(F.conv2d(m, fc1[:, :, None, None])), fc2[:, :, None, None]))
+
+        def ref_fn(x, fc1, fc2):
+            return x * gate(fc1, fc2)(x.mean((2, 3), keepdim=True))
+
+        def ours_fn(x, fc1, fc2):
+            return squeeze_excite(x, gate(fc1, fc2), [fc1, fc2], backend="triton")
+
+        grad64 = torch.randn_like(x64)
+        exact = _grads(ref_fn, [x64, fc1_64, fc2_64], torch.float64, grad64)
+        for dtype in DTYPES:
+            got = _grads(ours_fn, [x64, fc1_64, fc2_64], dtype, grad64)
+            ref = _grads(ref_fn, [x64, fc1_64, fc2_64], dtype, grad64)
+            for name, g, r, e in zip(("out", "dx", "dfc1", "dfc2"), got, ref, exact):
+                err, ref_err = rel_err(g, e), rel_err(r, e)
+                rows.append(row(PATTERN, f"se_train_{case}", name, dtype=str(dtype)[6:], err=err, ref_err=ref_err,
+                                ok=bool(err <= 2 * ref_err + FLOOR[dtype] and g.dtype == r.dtype)))
+    return rows
+
+
 def run() -> List[Dict]:
     torch.manual_seed(0)
-    return _depthwise_rows() + _block_rows() + _conv_relu_rows()
+    return _depthwise_rows() + _block_rows() + _conv_relu_rows() + _training_rows()

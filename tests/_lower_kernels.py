@@ -1,5 +1,6 @@
-"""Lower the neighborhood- and routed-attention and LayerNorm kernels to Triton IR for an sm_90 GPU, on the CPU (run by
-``tests/test_kernel_sources.py`` in a subprocess without ``TRITON_INTERPRET``).
+"""Lower the neighborhood- and routed-attention, LayerNorm, training-BatchNorm and MaxViT training-conv kernels to
+Triton IR for an sm_90 GPU, on the CPU (run by ``tests/test_kernel_sources.py`` in a subprocess without
+``TRITON_INTERPRET``).
 
 The CPU interpreter runs kernels with Python semantics, so code that the GPU compiler's front end rejects passes
 there: a plain global, a conditional expression on a constexpr (a constexpr object is always truthy), a ``tl.dot``
@@ -20,9 +21,11 @@ from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton._C.libtriton import ir  # noqa: E402
 
-from vitzoo.kernels import (_launch, layer_norm_bwd, layer_norm_fwd, neighborhood_bwd_dkdv,  # noqa: E402
-                            neighborhood_bwd_dq, neighborhood_bwd_dq_dense_bias, neighborhood_fwd, routed_bwd,
-                            routed_bwd_dq, routed_fwd, routed_inverse_index)
+from vitzoo.kernels import (_launch, batch_norm_act_bwd, batch_norm_act_bwd_reduce, batch_norm_act_fwd,  # noqa: E402
+                            batch_norm_stats, batch_norm_stats_merge, channel_dot, channel_scale,
+                            depthwise_conv_bwd_input, depthwise_conv_bwd_weight, layer_norm_bwd, layer_norm_fwd,
+                            neighborhood_bwd_dkdv, neighborhood_bwd_dq, neighborhood_bwd_dq_dense_bias,
+                            neighborhood_fwd, routed_bwd, routed_bwd_dq, routed_fwd, routed_inverse_index)
 from vitzoo.kernels.neighborhood_bwd_dq_dense_bias import DQ_BLOCK_M  # noqa: E402
 from vitzoo.ops._neighborhood_triton import _dq_tables  # noqa: E402
 
@@ -99,11 +102,61 @@ def lower_layer_norm() -> None:
                                       w_dtype is not None, b_dtype is not None)
 
 
+def lower_batch_norm() -> None:
+    """Training BatchNorm + act: channels_last and NCHW maps, every activation, with and without residual, weight,
+    bias and running statistics; bf16 / fp16 / fp32 maps with fp32 parameters."""
+    # (N, C, H, W, dtype, channels_last, act, residual, affine, running)
+    cases = [(2, 64, 8, 8, torch.bfloat16, True, "relu", True, True, True),
+             (2, 24, 5, 7, torch.float16, False, "gelu_tanh", False, True, True),
+             (1, 100, 3, 3, torch.float32, True, "silu", True, False, False),
+             (3, 40, 4, 1, torch.bfloat16, True, "gelu", False, True, True),
+             (2, 256, 2, 2, torch.bfloat16, True, "none", True, True, True)]
+    for batch, channels, height, width, dtype, channels_last, act, has_res, affine, running in cases:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.zeros(batch, channels, height, width, dtype=dtype).contiguous(memory_format=fmt)
+        res = torch.zeros_like(x) if has_res else None
+        weight = bias = torch.ones(channels) if affine else None
+        mean, var = (torch.zeros(channels), torch.ones(channels)) if running else (None, None)
+        parts, per_program = batch_norm_stats.batch_norm_stats(x)
+        stats = batch_norm_stats_merge.batch_norm_stats_merge(parts, batch * height * width, per_program, weight,
+                                                              bias, mean, var, 0.1, 1e-5)
+        y = batch_norm_act_fwd.batch_norm_act_fwd(x, torch.zeros(4, channels), act, res)
+        z_from = "none" if act == "none" else ("x_residual" if has_res else "x")
+        src = res if z_from == "x_residual" else None
+        batch_norm_act_bwd_reduce.batch_norm_act_bwd_reduce(y, x, stats, act, z_from, src)
+        batch_norm_act_bwd.batch_norm_act_bwd(y, x, stats, torch.zeros(2, channels), weight, act, z_from, src,
+                                              dtype if has_res else None)
+    relu_res = torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    batch_norm_act_bwd_reduce.batch_norm_act_bwd_reduce(relu_res, relu_res, torch.zeros(4, 64), "relu", "output",
+                                                        relu_res)
+
+
+def lower_conv_train() -> None:
+    """MaxViT's training conv kernels: the depthwise backwards (stride 1 / 2, K 3 / 5, TF padding) and the SE gate
+    multiply (in place, out of place with a shift) and its gradient reduction; bf16 / fp16 / fp32."""
+    for dtype, k, stride in ((torch.bfloat16, 3, 2), (torch.float16, 3, 1), (torch.float32, 5, 2)):
+        x = torch.zeros(2, 9, 8, 64, dtype=dtype)
+        dy = torch.zeros(2, 5, 4, 64, dtype=dtype)
+        taps = torch.zeros(k * k, 64)
+        depthwise_conv_bwd_input.depthwise_conv_bwd_input(dy, taps, stride, 0, 1, (9, 8), dtype)
+        depthwise_conv_bwd_weight.depthwise_conv_bwd_weight(x, dy, k, stride, 0, 1)
+        flat = x.view(2, 72, 64)
+        gate = torch.zeros(2, 64, dtype=dtype)
+        channel_scale.channel_scale_(flat, gate)
+        channel_scale.channel_scale(flat, gate, shift=torch.zeros(2, 64))
+        channel_dot.channel_dot(flat, flat)
+
+
 def main() -> None:
-    for module in (neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias,
-                   routed_fwd, routed_bwd_dq, routed_bwd, routed_inverse_index, layer_norm_fwd, layer_norm_bwd):
+    for module in (channel_dot, channel_scale, depthwise_conv_bwd_input, depthwise_conv_bwd_weight,
+                   batch_norm_stats, batch_norm_stats_merge, batch_norm_act_fwd, batch_norm_act_bwd_reduce,
+                   batch_norm_act_bwd, neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv,
+                   neighborhood_bwd_dq_dense_bias, routed_fwd, routed_bwd_dq, routed_bwd, routed_inverse_index,
+                   layer_norm_fwd, layer_norm_bwd):
         module.launch = lower
     lower_layer_norm()
+    lower_batch_norm()
+    lower_conv_train()
     lower_routed()
     # (B, H, W, heads, d, d_v, kernel, dilation, stride, rpb, bias, dtype)
     cases = [(1, 20, 20, 2, 32, 32, (7, 7), (1, 1), (1, 1), True, False, torch.bfloat16),

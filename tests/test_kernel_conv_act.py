@@ -221,7 +221,8 @@ from vitzoo.kernels import channel_scale, depthwise_conv_fwd
 for kernel, consts, bf16_pointers, fp32_pointers in (
         (depthwise_conv_fwd._depthwise_conv_fwd_kernel,
          dict(K=3, STRIDE=2, ACT="gelu_tanh", BLOCK_W=16, BLOCK_C=64), ("X", "OUT"), ("WEIGHT", "BIAS")),
-        (channel_scale._channel_scale_kernel, dict(BLOCK_P=32, BLOCK_C=128), ("X", "GATE"), ())):
+        (channel_scale._channel_scale_kernel, dict(BLOCK_P=32, BLOCK_C=128, HAS_SHIFT=True),
+         ("X", "GATE", "SHIFT", "OUT"), ())):
     fn = kernel.fn
     signature = {}
     for name in fn.arg_names:

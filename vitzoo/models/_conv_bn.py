@@ -19,6 +19,8 @@ from timm.models.efficientvit_msra import ConvNorm
 
 from vitzoo.ops._weight_cache import cached_or_built
 
+from ._batch_norm_act import FusedBatchNormAct2d
+
 __all__ = ["conv_bn", "folded_conv_bn", "bn_affine", "autocast_dtype", "foldable_bn_act", "folding_allowed",
            "FoldingConvNorm", "fold_conv_norms"]
 
@@ -32,7 +34,8 @@ def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
 def foldable_bn_act(bn: nn.Module, act: type) -> bool:
     """A timm ``BatchNormAct2d`` an inference forward can fold: running statistics, no dropout, activation exactly
     ``act`` (``nn.Identity`` for a plain BN)."""
-    return (type(bn) is BatchNormAct2d and bn.running_var is not None and isinstance(bn.drop, nn.Identity)
+    return (type(bn) in (BatchNormAct2d, FusedBatchNormAct2d) and bn.running_var is not None
+            and isinstance(bn.drop, nn.Identity)
             and type(bn.act) is act)
 
 

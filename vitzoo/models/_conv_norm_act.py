@@ -23,6 +23,7 @@ from timm.models.byobnet import BottleneckBlock, SelfAttnBlock
 
 from vitzoo.ops import conv2d_bias_relu
 
+from ._batch_norm_act import FusedBatchNormAct2d
 from ._conv_bn import autocast_dtype, foldable_bn_act, folded_conv_bn, folding_allowed
 
 __all__ = ["FusedConvNormAct", "FusedBottleneckBlock", "FusedSelfAttnBlock", "fuse_conv_norm_acts"]
@@ -50,6 +51,18 @@ def _conv_norm_relu(m: ConvNormAct, x: torch.Tensor, residual: Optional[torch.Te
     return conv2d_bias_relu(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, residual)
 
 
+def _tail_trains_fused(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a training forward runs the tail ``relu(bn3(conv3(x)) + shortcut)`` as one BatchNorm op: conv3's norm
+    is a fused-training BatchNorm and no drop path sits between it and the add."""
+    bn = block.conv3_1x1.bn
+    return (type(bn) is FusedBatchNormAct2d and isinstance(block.drop_path, nn.Identity)
+            and bn.fused_training(x))
+
+
+def _conv_bn_add_relu_train(m: ConvNormAct, x: torch.Tensor, shortcut: Optional[torch.Tensor]) -> torch.Tensor:
+    return m.bn.forward_fused(m.conv(x), shortcut, "relu")
+
+
 class FusedConvNormAct(ConvNormAct):
     """timm's ``ConvNormAct`` (BN + ReLU); inference runs one fused conv + bias + ReLU (module docstring)."""
 
@@ -62,16 +75,21 @@ class FusedConvNormAct(ConvNormAct):
 
 
 class FusedBottleneckBlock(BottleneckBlock):
-    """timm's ByobNet ``BottleneckBlock``; inference runs ``relu(conv3_1x1(x) + shortcut)`` as one fused conv."""
+    """timm's ByobNet ``BottleneckBlock``; inference runs ``relu(conv3_1x1(x) + shortcut)`` as one fused conv,
+    training runs ``relu(bn3(.) + shortcut)`` as one BatchNorm op."""
 
     fused: Optional[bool] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fused_active(self, x):
+        if _fused_active(self, x):
+            tail = _conv_norm_relu
+        elif self.training and _tail_trains_fused(self, x):
+            tail = _conv_bn_add_relu_train
+        else:
             return super().forward(x)
         shortcut = None if self.shortcut is None else self.shortcut(x)  # None: a block without shortcut
         x = self.attn(self.conv2b_kxk(self.conv2_kxk(self.conv1_1x1(x))))
-        return _conv_norm_relu(self.conv3_1x1, x, shortcut)
+        return tail(self.conv3_1x1, x, shortcut)
 
 
 class FusedSelfAttnBlock(SelfAttnBlock):
@@ -80,11 +98,15 @@ class FusedSelfAttnBlock(SelfAttnBlock):
     fused: Optional[bool] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fused_active(self, x):
+        if _fused_active(self, x):
+            tail = _conv_norm_relu
+        elif self.training and _tail_trains_fused(self, x):
+            tail = _conv_bn_add_relu_train
+        else:
             return super().forward(x)
         shortcut = None if self.shortcut is None else self.shortcut(x)
         x = self.post_attn(self.self_attn(self.conv2_kxk(self.conv1_1x1(x))))
-        return _conv_norm_relu(self.conv3_1x1, x, shortcut)
+        return tail(self.conv3_1x1, x, shortcut)
 
 
 def _tail_fusable(block: nn.Module) -> bool:

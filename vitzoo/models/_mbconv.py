@@ -42,12 +42,12 @@ def fusable(block: MbConvBlock) -> bool:
     return (foldable_bn_act(block.pre_norm, nn.Identity) and foldable_bn_act(block.norm1, GELUTanh)
             and foldable_bn_act(block.norm2, GELUTanh) and isinstance(block.down, nn.Identity)
             and block.se_early is None
-            and (block.se is None or (type(block.se) is SEModule and not block.se.add_maxpool))
+            and (block.se is None or (isinstance(block.se, SEModule) and not block.se.add_maxpool))
             and type(block.conv1_1x1) is nn.Conv2d and block.conv1_1x1.kernel_size == (1, 1)
-            and block.conv1_1x1.stride == (1, 1) and type(dw) in (nn.Conv2d, Conv2dSame)
+            and block.conv1_1x1.stride == (1, 1) and isinstance(dw, (nn.Conv2d, Conv2dSame))
             and dw.groups == dw.in_channels == dw.out_channels and dw.dilation == (1, 1)
             and dw.kernel_size[0] == dw.kernel_size[1] and dw.stride[0] == dw.stride[1]
-            and dw.padding_mode == "zeros" and (type(dw) is Conv2dSame or dw.padding[0] == dw.padding[1]))
+            and dw.padding_mode == "zeros" and (isinstance(dw, Conv2dSame) or dw.padding[0] == dw.padding[1]))
 
 
 class FusedMbConvBlock(MbConvBlock):

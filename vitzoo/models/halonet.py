@@ -29,6 +29,7 @@ from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet, checkpoint_fi
 
 from vitzoo.ops import BACKENDS, halo_attention_2d
 
+from ._batch_norm_act import fuse_batch_norm_acts
 from ._conv_norm_act import fuse_conv_norm_acts
 from ._linear import convert_linears
 
@@ -110,6 +111,7 @@ class HaloNetVz(ByobNet):
             raise ValueError(f"attn_backend must be one of {BACKENDS}, got {attn_backend!r}")
         super().__init__(vz_halo_cfg(cfg, attn_backend), **kwargs)
         fuse_conv_norm_acts(self)  # inference on CUDA: BN folded, conv + bias (+ residual) + ReLU in one cuDNN call
+        fuse_batch_norm_acts(self, attn_backend)  # training on CUDA: BN + (residual +) activation as one op
         self.attn_backend = attn_backend
         self.input_multiple = self._annotate_reductions(_stage_strides(cfg))
 

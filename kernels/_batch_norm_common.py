@@ -1,0 +1,74 @@
+"""Pieces shared by the training BatchNorm kernels (``batch_norm_stats.py``, ``batch_norm_stats_merge.py``,
+``batch_norm_act_fwd.py``, ``batch_norm_act_bwd_reduce.py``, ``batch_norm_act_bwd.py``).
+
+Layout: a 4-D map (N, C, H, W) with H and W mergeable is read as rows m = n * L + l (L = H * W) of C channels at
+``n * stride_n + l * stride_l + c * stride_c``. channels_last maps (the GPU case) are row-uniform
+(``stride_n == L * stride_l``): row m sits at ``m * stride_l`` and no division is needed; NCHW maps take the
+``m // L`` path.
+
+Activations: ``kernels/_activation.py``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._intmath import cdiv
+
+__all__ = ["map_strides", "row_uniform", "check_same_rows", "row_offsets", "row_programs", "sm_count",
+           "PROGRAMS_PER_SM",
+           "INTERPRET_PROGRAMS"]
+
+PROGRAMS_PER_SM = 4  # row-chunk programs per SM for the reductions: enough loads in flight, a small partial buffer
+INTERPRET_PROGRAMS = 3  # under the CPU interpreter: a few uneven row chunks on tiny test maps
+@triton.jit
+def row_offsets(rows, L, stride_n, stride_l, ROW_UNIFORM: tl.constexpr):
+    """int64 element offsets of rows m = n * L + l (module docstring)."""
+    rows = rows.to(tl.int64)
+    if ROW_UNIFORM:
+        return rows * stride_l
+    n = rows // L
+    return n * stride_n + (rows - n * L) * stride_l
+
+
+def map_strides(t: torch.Tensor) -> Tuple[int, int, int]:
+    """(stride_n, stride_l, stride_c) of a 4-D map read as rows m = n * L + l; ValueError when H and W of ``t`` cannot
+    be merged into one index."""
+    _, _, height, width = t.shape
+    if height > 1 and width > 1 and t.stride(2) != width * t.stride(3):
+        raise ValueError(f"batch norm kernels: H and W of a map must be mergeable, got strides {t.stride()}")
+    stride_l = t.stride(3) if width > 1 else (t.stride(2) if height > 1 else 1)
+    return t.stride(0), stride_l, t.stride(1)
+
+
+def row_uniform(t: torch.Tensor) -> bool:
+    """Whether row m of ``t`` sits at ``m * stride_l`` (channels_last and every single-image map)."""
+    stride_n, stride_l, _ = map_strides(t)
+    return t.shape[0] == 1 or stride_n == t.shape[2] * t.shape[3] * stride_l
+
+
+def check_same_rows(kernel: str, *maps: Optional[torch.Tensor]) -> None:
+    """ValueError unless the given maps (None skipped) have one shape and one row layout (the kernels take one
+    ``ROW_UNIFORM`` flag and one row count for all of them)."""
+    given = [t for t in maps if t is not None]
+    layouts = {(tuple(t.shape), map_strides(t)[:2]) for t in given}
+    if len(layouts) > 1:
+        raise ValueError(f"{kernel}: the maps must share shape and row layout, got shapes / strides "
+                         f"{[(tuple(t.shape), t.stride()) for t in given]}")
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def row_programs(rows: int, channel_blocks: int, device: torch.device, interpret: bool) -> Tuple[int, int]:
+    """(row-chunk programs, rows per program) of a reduction grid (programs x channel_blocks): about
+    ``PROGRAMS_PER_SM`` programs per SM in all, no chunk empty."""
+    target = INTERPRET_PROGRAMS if interpret else max(1, PROGRAMS_PER_SM * sm_count(device) // channel_blocks)
+    per_program = cdiv(rows, max(1, min(target, rows)))
+    return cdiv(rows, per_program), per_program

@@ -1,0 +1,111 @@
+"""Backward of a training BatchNorm + residual + activation, second stage: the input gradient (and the residual's),
+elementwise, from the per-channel sums of ``batch_norm_act_bwd_reduce.py``:
+
+``dx = weight * invstd * (dz - sum(dz) / M - xhat * sum(dz * xhat) / M)``, ``dresidual = dz``
+
+with ``dz = dy * act'(z)`` recomputed exactly as the reduction did (same tile function). One read of dy and x (and the
+output or residual when ``dz`` needs it), one write of dx (and of dresidual); torch's activation backward, BatchNorm
+backward reduce and elementwise kernels read the map six times and write it twice.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._activation import ACTIVATIONS
+from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_uniform
+from ._intmath import cdiv
+from ._launch import launch
+from ._tuning import mode_pruner
+from .batch_norm_act_bwd_reduce import Z_SOURCES, grad_z
+
+__all__ = ["batch_norm_act_bwd"]
+
+INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
+# (BLOCK_M rows, BLOCK_C channels, warps); the first is the untuned default
+_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
+
+
+def _configs():
+    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=1) for m, c, warps in _TILES]
+
+
+def _untuned(configs, args):
+    """The widest channel block that does not exceed C (narrow maps: whole rows per tile), else the first."""
+    fitting = [c for c in configs if c.kwargs["BLOCK_C"] <= max(32, int(args["C"]))]
+    return fitting[0] if fitting else configs[0]
+
+
+@triton.autotune(configs=_configs(), key=["C", "ACT", "Z_FROM", "HAS_DRES", "ROW_UNIFORM"],
+                 prune_configs_by={"early_config_prune": mode_pruner(
+                     triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4,
+                                   num_stages=1), untuned=_untuned)})
+@triton.jit
+def _batch_norm_act_bwd_kernel(
+    DY, X, SRC, STATS, SUMS, WEIGHT, DX, DRES,  # SUMS (2, C) fp32: sum(dz), sum(dz * xhat)
+    stride_dyn, stride_dyl, stride_dyc,
+    stride_xn, stride_xl, stride_xc,
+    stride_sn, stride_sl, stride_sc,
+    stride_dxn, stride_dxl, stride_dxc,
+    stride_drn, stride_drl, stride_drc,
+    stride_s, stride_sums,
+    L, M, C,
+    ACT: tl.constexpr, Z_FROM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_DRES: tl.constexpr,
+    ROW_UNIFORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cs < C
+    mask = (rows < M)[:, None] & c_ok[None, :]
+    cs64 = cs.to(tl.int64)
+    mean = tl.load(STATS + cs, mask=c_ok, other=0.0)
+    invstd = tl.load(STATS + stride_s + cs, mask=c_ok, other=0.0)
+    scale = tl.load(STATS + 2 * stride_s + cs, mask=c_ok, other=0.0)
+    beta = tl.load(STATS + 3 * stride_s + cs, mask=c_ok, other=0.0)
+    total = M.to(tl.float32)
+    mean_dz = tl.load(SUMS + cs, mask=c_ok, other=0.0) / total
+    mean_dz_xhat = tl.load(SUMS + stride_sums + cs, mask=c_ok, other=0.0) / total
+    gain = invstd
+    if HAS_WEIGHT:
+        gain = invstd * tl.load(WEIGHT + cs, mask=c_ok, other=0.0).to(tl.float32)
+    offs_dy = row_offsets(rows, L, stride_dyn, stride_dyl, ROW_UNIFORM)[:, None] + (cs64 * stride_dyc)[None, :]
+    offs_x = row_offsets(rows, L, stride_xn, stride_xl, ROW_UNIFORM)[:, None] + (cs64 * stride_xc)[None, :]
+    offs_src = row_offsets(rows, L, stride_sn, stride_sl, ROW_UNIFORM)[:, None] + (cs64 * stride_sc)[None, :]
+    dz, x = grad_z(DY, X, SRC, offs_dy, offs_x, offs_src, mask, mean, scale, beta, ACT, Z_FROM)
+    xhat = (x - mean[None, :]) * invstd[None, :]
+    dx = (dz - mean_dz[None, :] - xhat * mean_dz_xhat[None, :]) * gain[None, :]
+    offs_dx = row_offsets(rows, L, stride_dxn, stride_dxl, ROW_UNIFORM)[:, None] + (cs64 * stride_dxc)[None, :]
+    tl.store(DX + offs_dx, dx.to(DX.dtype.element_ty), mask=mask)
+    if HAS_DRES:
+        offs_dr = row_offsets(rows, L, stride_drn, stride_drl, ROW_UNIFORM)[:, None] + (cs64 * stride_drc)[None, :]
+        tl.store(DRES + offs_dr, dz.to(DRES.dtype.element_ty), mask=mask)
+
+
+def batch_norm_act_bwd(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, sums: torch.Tensor,
+                       weight: Optional[torch.Tensor], act: str, z_from: str, src: Optional[torch.Tensor] = None,
+                       residual_dtype: Optional[torch.dtype] = None) -> tuple:
+    """dy, x, src: as for :func:`batch_norm_act_bwd_reduce`, whose (2, C) result is ``sums``; weight: None or (C,).
+    Returns (dx like x, dresidual like x in ``residual_dtype`` or None when ``residual_dtype`` is None)."""
+    if act not in ACTIVATIONS or z_from not in Z_SOURCES:
+        raise ValueError(f"batch_norm_act_bwd: act must be one of {ACTIVATIONS} and z_from one of {Z_SOURCES}, "
+                         f"got {act!r}, {z_from!r}")
+    check_same_rows("batch_norm_act_bwd", dy, x, src)
+    batch, channels, height, width = x.shape
+    rows = batch * height * width
+    dx = torch.empty_like(x)
+    dres = torch.empty_like(x, dtype=residual_dtype) if residual_dtype is not None else None
+    check_same_rows("batch_norm_act_bwd", x, dx, dres)
+    src = src if src is not None else x  # never read when absent
+
+    def grid(meta):
+        return (cdiv(rows, meta["BLOCK_M"]), cdiv(channels, meta["BLOCK_C"]))
+
+    launch(_batch_norm_act_bwd_kernel, grid, dy, x, src, stats, sums, weight if weight is not None else stats, dx,
+           dres if dres is not None else dx, *map_strides(dy), *map_strides(x), *map_strides(src), *map_strides(dx),
+           *map_strides(dres if dres is not None else dx), stats.stride(0), sums.stride(0), height * width, rows,
+           channels, ACT=act, Z_FROM=z_from, HAS_WEIGHT=weight is not None, HAS_DRES=dres is not None,
+           ROW_UNIFORM=row_uniform(x))
+    return dx, dres

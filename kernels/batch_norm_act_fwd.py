@@ -1,0 +1,92 @@
+"""Training BatchNorm's transform with its epilogue: ``y = act((x - mean) * scale + beta [+ residual])`` per
+channel, one read of x (and the residual) and one write of y.
+
+Why: torch runs BatchNorm's transform, a block's residual add and the activation as separate full passes over the
+map (a ResNet bottleneck tail: three reads and three writes of the largest tensors where one read of x and of the
+shortcut and one write do). ``mean``, ``scale`` and ``beta`` come from the batch statistics
+(``batch_norm_stats_merge.py``). Tiles are [BLOCK_M rows, BLOCK_C channels] of the row layout in
+``_batch_norm_common.py``; the math is fp32, y is written in its own dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._activation import ACTIVATIONS, apply_act
+from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_uniform
+from ._intmath import cdiv
+from ._launch import launch
+from ._tuning import mode_pruner
+
+__all__ = ["batch_norm_act_fwd"]
+
+INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
+# (BLOCK_M rows, BLOCK_C channels, warps); the first is the untuned default
+_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
+
+
+def _configs():
+    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=1) for m, c, warps in _TILES]
+
+
+def _untuned(configs, args):
+    """The widest channel block that does not exceed C (narrow maps: whole rows per tile), else the first."""
+    fitting = [c for c in configs if c.kwargs["BLOCK_C"] <= max(32, int(args["C"]))]
+    return fitting[0] if fitting else configs[0]
+
+
+@triton.autotune(configs=_configs(), key=["C", "ACT", "HAS_RESIDUAL", "ROW_UNIFORM"], prune_configs_by={
+    "early_config_prune": mode_pruner(triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]},
+                                                    num_warps=4, num_stages=1), untuned=_untuned)})
+@triton.jit
+def _batch_norm_act_fwd_kernel(
+    X, RES, Y, STATS,  # STATS: (4, C) fp32 mean, invstd, scale, beta
+    stride_xn, stride_xl, stride_xc,
+    stride_rn, stride_rl, stride_rc,
+    stride_yn, stride_yl, stride_yc,
+    stride_s,
+    L, M, C,
+    ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROW_UNIFORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cs < C
+    mask = (rows < M)[:, None] & c_ok[None, :]
+    cs64 = cs.to(tl.int64)
+    mean = tl.load(STATS + cs, mask=c_ok, other=0.0)
+    scale = tl.load(STATS + 2 * stride_s + cs, mask=c_ok, other=0.0)
+    beta = tl.load(STATS + 3 * stride_s + cs, mask=c_ok, other=0.0)
+    x_offs = row_offsets(rows, L, stride_xn, stride_xl, ROW_UNIFORM)[:, None] + (cs64 * stride_xc)[None, :]
+    z = (tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * scale[None, :] + beta[None, :]
+    if HAS_RESIDUAL:
+        r_offs = row_offsets(rows, L, stride_rn, stride_rl, ROW_UNIFORM)[:, None] + (cs64 * stride_rc)[None, :]
+        z += tl.load(RES + r_offs, mask=mask, other=0.0).to(tl.float32)
+    y_offs = row_offsets(rows, L, stride_yn, stride_yl, ROW_UNIFORM)[:, None] + (cs64 * stride_yc)[None, :]
+    tl.store(Y + y_offs, apply_act(z, ACT).to(Y.dtype.element_ty), mask=mask)
+
+
+def batch_norm_act_fwd(x: torch.Tensor, stats: torch.Tensor, act: str,
+                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = act((x - stats[0]) * stats[2] + stats[3] [+ residual]) per channel. x, residual: (N, C, H, W) with H, W
+    mergeable and the same strides (checked by the op layer); stats: (4, C) fp32 (``batch_norm_stats_merge``). y:
+    like x (same strides and dtype)."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"batch_norm_act_fwd: act must be one of {ACTIVATIONS}, got {act!r}")
+    batch, channels, height, width = x.shape
+    y = torch.empty_like(x)
+    rows = batch * height * width
+    check_same_rows("batch_norm_act_fwd", x, residual, y)
+    xs, ys = map_strides(x), map_strides(y)
+    rs = map_strides(residual) if residual is not None else xs
+
+    def grid(meta):
+        return (cdiv(rows, meta["BLOCK_M"]), cdiv(channels, meta["BLOCK_C"]))
+
+    launch(_batch_norm_act_fwd_kernel, grid, x, residual if residual is not None else x, y, stats, *xs, *rs, *ys,
+           stats.stride(0), height * width, rows, channels, ACT=act, HAS_RESIDUAL=residual is not None,
+           ROW_UNIFORM=row_uniform(x))
+    return y

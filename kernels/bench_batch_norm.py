@@ -1,0 +1,83 @@
+"""Training BatchNorm + activation benchmark (run by kernels/bench.py on the device machine): vitzoo's fused op
+against timm's ``BatchNormAct2d`` (torch's batch norm, then the residual add and the activation) at the map shapes
+of HaloNet-26t (batch 128, 256 px) and MaxViT-T's MBConvs (batch 128, 224 px), bf16 channels_last, forward and
+forward + backward, with the HBM floor of a two-pass forward (x read twice, the residual once, y written once).
+
+Implementations (all start from the same bf16 map and fp32 parameters, running statistics updated):
+
+* ``vitzoo_triton``: :func:`vitzoo.ops.batch_norm_act`;
+* ``torch``: ``F.batch_norm``, ``+ residual``, the activation (in place for ReLU, as timm's blocks do);
+* ``torch_compile`` (full runs only): ``torch.compile`` of the torch form (Inductor's fused reductions).
+"""
+from __future__ import annotations
+
+from typing import Callable, List
+
+import torch
+import torch.nn.functional as F
+
+from ._bench_utils import hbm_floor_ms, row, time_fwd_bwd
+
+PATTERN = "batch_norm"
+BATCH = 128
+MOMENTUM, EPS = 0.1, 1e-5
+# (case, C, H = W, activation, residual): HaloNet-26t's stem, stage-1 and stage-2 norms (the 256-wide ones end a
+# bottleneck: BN, residual add, ReLU) and MaxViT-T's 4x-expanded MBConv norms (BN + tanh GELU)
+CASES = (("halonet26t_stem_24_128", 24, 128, "relu", False), ("halonet26t_stem_64_128", 64, 128, "relu", False),
+         ("halonet26t_s1_64_64", 64, 64, "relu", False), ("halonet26t_s1_tail_256_64", 256, 64, "relu", True),
+         ("halonet26t_s2_tail_512_32", 512, 32, "relu", True), ("maxvit_t_s1_256_56", 256, 56, "gelu_tanh", False),
+         ("maxvit_t_s3_1024_14", 1024, 14, "gelu_tanh", False), ("maxvit_t_s4_2048_7", 2048, 7, "gelu_tanh", False))
+
+
+def _act(y: torch.Tensor, act: str) -> torch.Tensor:
+    return F.relu_(y) if act == "relu" else F.gelu(y, approximate="tanh")
+
+
+def _impls(quick: bool):
+    from vitzoo.ops import batch_norm_act
+
+    def ours(x, w, b, mean, var, act, res):
+        return batch_norm_act(x, w, b, mean, var, MOMENTUM, EPS, act, res)
+
+    def torch_form(x, w, b, mean, var, act, res):
+        y = F.batch_norm(x, mean, var, w, b, True, MOMENTUM, EPS)
+        return _act(y + res if res is not None else y, act)
+
+    impls = [("vitzoo_triton", ours), ("torch", torch_form)]
+    if not quick:
+        impls.append(("torch_compile", torch.compile(torch_form, dynamic=False)))
+    return impls
+
+
+def run(quick: bool = False) -> List[dict]:
+    rows: List[dict] = []
+    cases = CASES[::2] if quick else CASES
+    for case, channels, size, act, has_res in cases:
+        shape = (BATCH, channels, size, size)
+        x = torch.randn(shape, device="cuda").mul_(2).add_(1).to(torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        res = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last).requires_grad_(True) if has_res else None
+        w = (1 + 0.1 * torch.randn(channels, device="cuda")).requires_grad_(True)
+        b = (0.1 * torch.randn(channels, device="cuda")).requires_grad_(True)
+        grad = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        floor = hbm_floor_ms((3 + int(has_res)) * x.numel() * x.element_size())
+        leaves = [t for t in (x, w, b, res) if t is not None]
+        for impl, fn in _impls(quick):
+            mean, var = torch.zeros(channels, device="cuda"), torch.ones(channels, device="cuda")
+            fwd: Callable[[], torch.Tensor] = (  # noqa: E731
+                lambda fn=fn, x=x, w=w, b=b, mean=mean, var=var, act=act, res=res: fn(x, w, b, mean, var, act, res))
+            try:
+                values = time_fwd_bwd(fwd, grad, leaves)
+                note = f"shape={shape} act={act} residual={has_res} {values.pop('note')}".strip()
+            except Exception as exc:  # noqa: BLE001 - a failing implementation is a result
+                values, note = {}, f"failed: {type(exc).__name__}: {exc}"[:200]
+            rows.append(row(PATTERN, case, impl, dtype="bf16", floor_ms=floor, note=note, **values))
+        del x, res, grad
+        torch.cuda.empty_cache()
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick=True):
+        print(r)

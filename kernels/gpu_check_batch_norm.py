@@ -1,0 +1,67 @@
+"""GPU correctness of the training BatchNorm + residual + activation op (``batch_norm_*.py`` kernels) in bf16 /
+fp16 / fp32 against float64, at HaloNet-26t's and MaxViT-T's map shapes (channels_last) plus odd NCHW maps: the
+output, the input / weight / bias / residual gradients and the updated running statistics. Rule: error <= 2 x torch's
+own error in the same dtype (``F.batch_norm`` + add + activation on the same inputs) + a small floor."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+
+from ._bench_utils import rel_err, row
+
+PATTERN = "batch_norm"
+DEVICE = "cuda"
+FLOOR = {torch.bfloat16: 2e-3, torch.float16: 5e-4, torch.float32: 1e-6}
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# (case, N, C, H, W, act, residual, channels_last)
+CASES = (("halonet26t_stem_24_128", 16, 24, 128, 128, "relu", False, True),
+         ("halonet26t_tail_256_64", 32, 256, 64, 64, "relu", True, True),
+         ("maxvit_t_s1_256_56", 32, 256, 56, 56, "gelu_tanh", False, True),
+         ("maxvit_t_s4_2048_7", 64, 2048, 7, 7, "gelu_tanh", False, True),
+         ("pre_norm_none_residual_64_28", 16, 64, 28, 28, "none", True, True),
+         ("odd_nchw_gelu_100_15x13", 8, 100, 15, 13, "gelu", True, False),
+         ("odd_nchw_silu_33_9x1", 5, 33, 9, 1, "silu", False, False))
+MOMENTUM, EPS = 0.1, 1e-5
+
+
+def _run(fn, x, w, b, res, grad, mean, var, act) -> List[torch.Tensor]:
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+    r = res.detach().clone().requires_grad_(True) if res is not None else None
+    mean, var = mean.clone(), var.clone()
+    y = fn(leaves[0], leaves[1], leaves[2], mean, var, MOMENTUM, EPS, act, r)
+    y.backward(grad)
+    return [y.detach(), *(t.grad for t in leaves), mean, var] + ([r.grad] if r is not None else [])
+
+
+def run() -> List[Dict]:
+    from vitzoo.ops import batch_norm_act, batch_norm_act_torch
+
+    names = ["out", "dx", "dweight", "dbias", "running_mean", "running_var", "dresidual"]
+    rows: List[Dict] = []
+    for case, batch, channels, height, width, act, has_res, channels_last in CASES:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        shape = (batch, channels, height, width)
+        x64 = (torch.randn(shape, device=DEVICE, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
+        res64 = torch.randn(shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=fmt) if has_res \
+            else None
+        grad64 = torch.randn(shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=fmt)
+        w = 1 + 0.2 * torch.randn(channels, device=DEVICE)
+        b = 0.2 * torch.randn(channels, device=DEVICE)
+        mean, var = torch.randn(channels, device=DEVICE), torch.rand(channels, device=DEVICE) + 0.5
+        exact = _run(batch_norm_act_torch, x64, w.double(), b.double(), res64, grad64, mean.double(), var.double(),
+                     act)
+        for dtype in DTYPES:
+            x, grad = x64.to(dtype), grad64.to(dtype)
+            res = res64.to(dtype) if has_res else None
+
+            def ours(*a):
+                return batch_norm_act(*a, backend="triton")
+
+            got = _run(ours, x, w, b, res, grad, mean, var, act)
+            ref = _run(batch_norm_act_torch, x, w, b, res, grad, mean, var, act)
+            for name, g, r, e in zip(names if has_res else names[:-1], got, ref, exact):
+                err, ref_err = rel_err(g, e), rel_err(r, e)
+                ok = bool(err <= 2 * ref_err + FLOOR[dtype] and g.dtype == r.dtype)
+                rows.append(row(PATTERN, case, name, dtype=str(dtype)[6:], err=err, ref_err=ref_err, ok=ok))
+    return rows

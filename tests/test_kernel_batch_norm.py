@@ -1,0 +1,199 @@
+"""Training BatchNorm + residual + activation (``vitzoo.ops.batch_norm_act``, kernels ``batch_norm_*.py``) under the
+CPU interpreter against float64 torch (NaN-poisoned outputs, odd shapes, NCHW / channels_last / strided maps, every
+activation, with and without residual, affine parameters and running statistics), its errors, and the modules that
+use it (``FusedBatchNormAct2d``, HaloNet's fused block tails) against timm's on the same parameters."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from timm.layers import BatchNormAct2d, GELUTanh  # noqa: E402
+
+from vitzoo.models._batch_norm_act import FusedBatchNormAct2d, fuse_batch_norm_acts  # noqa: E402
+from vitzoo.ops import batch_norm_act, batch_norm_act_torch  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("nan_poisoned_empty")  # tests/conftest.py: unwritten outputs are NaN
+
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
+ACTS = ("none", "relu", "gelu_tanh", "gelu", "silu")
+
+
+def _map(shape, dtype, layout, scale=2.0, offset=3.0):
+    """A random map with a large mean (the variance must survive it) in the given memory layout."""
+    t = torch.randn(shape, dtype=torch.float64) * scale + offset
+    if layout == "channels_last":
+        return t.to(dtype).contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # a channel slice of a wider map: not dense, the op makes it so
+        return torch.cat([t, t[:, :2]], dim=1).to(dtype)[:, :shape[1]]
+    return t.to(dtype)
+
+
+def _run(fn, x, weight, bias, residual, dy, running, act, **kw):
+    """(y, dx, dweight, dbias, dresidual, running_mean, running_var) of one training call."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, weight, bias, residual)]
+    mean, var = (running[0].clone(), running[1].clone()) if running is not None else (None, None)
+    y = fn(leaves[0], leaves[1], leaves[2], mean, var, 0.1, 1e-5, act, leaves[3], **kw)
+    y.backward(dy.to(y.dtype))
+    return [y.detach()] + [t.grad if t is not None else None for t in leaves] + [mean, var]
+
+
+def _rel(got, want):
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
+
+
+# (N, C, H, W, layout, act, residual, affine, running, dtype)
+CASES = {
+    "cl_relu_res_fp32": (3, 20, 5, 7, "channels_last", "relu", True, True, True, torch.float32),
+    "nchw_gelu_tanh_fp32": (2, 9, 4, 6, "nchw", "gelu_tanh", False, True, True, torch.float32),
+    "strided_silu_res_fp32": (2, 7, 3, 5, "strided", "silu", True, True, False, torch.float32),
+    "cl_gelu_noaffine_fp32": (4, 33, 3, 3, "channels_last", "gelu", False, False, True, torch.float32),
+    "cl_none_res_fp16": (2, 24, 6, 5, "channels_last", "none", True, True, True, torch.float16),
+    "w1_column_relu_fp32": (5, 16, 9, 1, "channels_last", "relu", False, True, True, torch.float32),
+    "one_image_gelu_tanh_fp16": (1, 17, 7, 8, "nchw", "gelu_tanh", True, True, True, torch.float16),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_batch_norm_act_matches_float64(name):
+    batch, channels, height, width, layout, act, has_res, affine, running, dtype = CASES[name]
+    shape = (batch, channels, height, width)
+    x = _map(shape, dtype, layout)
+    residual = _map(shape, dtype, layout, 1.0, 0.0) if has_res else None
+    weight = torch.rand(channels) + 0.5 if affine else None
+    bias = torch.randn(channels) if affine else None
+    running = (torch.randn(channels), torch.rand(channels) + 0.5) if running else None
+    dy = torch.randn(shape, dtype=torch.float64)
+    got = _run(batch_norm_act, x, weight, bias, residual, dy, running, act, backend="triton")
+    want = _run(batch_norm_act_torch, x.double(), *(t.double() if t is not None else None for t in
+                                                    (weight, bias, residual)), dy,
+                tuple(t.double() for t in running) if running else None, act)
+    assert got[0].dtype == dtype and got[0].shape == shape
+    names = ("y", "dx", "dweight", "dbias", "dresidual", "running_mean", "running_var")
+    for label, g, w in zip(names, got, want):
+        assert (g is None) == (w is None), label
+        if g is not None:
+            err = _rel(g, w)
+            assert err <= TOL[dtype], f"{name} {label}: relative error {err:.2e}"
+
+
+def test_batch_norm_act_tracks_torch_over_steps_and_is_deterministic():
+    """Three training steps with momentum 0.3: running statistics follow torch's; two runs agree bit for bit."""
+    x = _map((4, 12, 5, 6), torch.float32, "channels_last")
+    runs = []
+    for fn, kw in ((batch_norm_act, dict(backend="triton")), (batch_norm_act, dict(backend="triton")),
+                   (batch_norm_act_torch, {})):
+        mean, var = torch.zeros(12), torch.ones(12)
+        for step in range(3):
+            y = fn(x * (step + 1), None, None, mean, var, 0.3, 1e-3, "relu", **kw)
+        runs.append((y, mean, var))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    for a, b in zip(runs[0], runs[2]):
+        assert _rel(a, b.double()) < 1e-5
+
+
+def test_batch_norm_act_errors():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="act must be one of"):
+        batch_norm_act(x, None, None, None, None, act="tanh")
+    with pytest.raises(ValueError, match="residual must be None or a tensor of x's shape"):
+        batch_norm_act(x, None, None, None, None, residual=torch.randn(2, 4, 3, 2))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        batch_norm_act(torch.randn(1, 4, 1, 1), None, None, None, None)
+    with pytest.raises(ValueError, match="momentum must be a float in \\[0, 1\\]"):
+        batch_norm_act(x, None, None, None, None, momentum=None)
+    with pytest.raises(ValueError, match="weight must be None or a tensor of shape \\(4,\\)"):
+        batch_norm_act(x, torch.ones(3), None, None, None)
+    with pytest.raises(ValueError, match="running_mean and running_var must both"):
+        batch_norm_act(x, None, None, torch.zeros(4), None)
+    with pytest.raises(ValueError, match="x dtype must be float16, bfloat16 or float32"):
+        batch_norm_act(x.double(), None, None, None, None, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        batch_norm_act(x, None, None, None, None, backend="cuda")
+
+
+@pytest.mark.parametrize("act_layer, act", [(nn.Identity, "none"), (nn.ReLU, "relu"), (GELUTanh, "gelu_tanh"),
+                                            (nn.SiLU, "silu")])
+def test_fused_batch_norm_act2d_matches_timm(act_layer, act):
+    """Same parameters, outputs, gradients, running statistics and num_batches_tracked as timm's BatchNormAct2d
+    (momentum 0.1 and the cumulative average, momentum=None); eval mode is timm's forward."""
+    for momentum in (0.1, None):
+        ref = BatchNormAct2d(10, momentum=momentum, act_layer=act_layer)
+        ours = fuse_batch_norm_acts(BatchNormAct2d(10, momentum=momentum, act_layer=act_layer), "triton")
+        assert type(ours) is FusedBatchNormAct2d and set(ours.state_dict()) == set(ref.state_dict())
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+        ours.load_state_dict(ref.state_dict())
+        x = _map((3, 10, 4, 5), torch.float32, "channels_last")
+        for step in range(2):
+            xr, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            yr, yo = ref(xr * (step + 1)), ours(xo * (step + 1))
+            dy = torch.randn_like(yr)
+            yr.backward(dy)
+            yo.backward(dy)
+            assert _rel(yo, yr.double()) < 1e-5 and _rel(xo.grad, xr.grad.double()) < 1e-4
+        for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+            assert _rel(b.grad, a.grad.double()) < 1e-4, name
+        for (name, a), b in zip(ref.named_buffers(), ours.buffers()):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+        ref.eval()
+        ours.eval()
+        with torch.no_grad():
+            assert _rel(ours(x), ref(x).double()) < 1e-5
+
+
+def test_fused_batch_norm_act2d_falls_back_to_timm():
+    """CPU tensors without the forced backend, dropout before the activation, eval mode: timm's own forward."""
+    bn = fuse_batch_norm_acts(BatchNormAct2d(6, act_layer=nn.ReLU))
+    x = torch.randn(2, 6, 3, 3)
+    assert not bn.fused_training(x)  # auto: CPU runs timm's
+    bn.fused_backend = "triton"
+    assert bn.fused_training(x)
+    bn.drop = nn.Dropout(0.1)
+    assert not bn.fused_training(x)
+    bn.drop = nn.Identity()
+    bn.act = nn.Tanh()
+    assert not bn.fused_training(x)
+
+
+def test_halonet_block_tails_train_through_the_op():
+    """ByobNet bottleneck / self-attention blocks (HaloNet's) in training: the tail relu(bn3(conv3) + shortcut) as one
+    op gives timm's outputs, input and parameter gradients and running statistics."""
+    from timm.models.byobnet import BottleneckBlock, LayerFn
+
+    from vitzoo.models._conv_norm_act import FusedBottleneckBlock, fuse_conv_norm_acts
+
+    torch.manual_seed(0)
+    for in_chs, out_chs, stride in ((16, 32, 1), (16, 16, 2)):
+        ref = BottleneckBlock(in_chs, out_chs, stride=stride, layers=LayerFn()).train()
+        ours = BottleneckBlock(in_chs, out_chs, stride=stride, layers=LayerFn())
+        ours.load_state_dict(ref.state_dict())
+        ours = fuse_batch_norm_acts(fuse_conv_norm_acts(ours), "triton").train()
+        assert type(ours) is FusedBottleneckBlock
+        x = torch.randn(2, in_chs, 6, 5).contiguous(memory_format=torch.channels_last)
+        xr, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        yr, yo = ref(xr), ours(xo)
+        dy = torch.randn_like(yr)
+        yr.backward(dy)
+        yo.backward(dy)
+        assert _rel(yo, yr.double()) < 1e-5 and _rel(xo.grad, xr.grad.double()) < 1e-4
+        grads_r = torch.cat([p.grad.flatten() for p in ref.parameters()])
+        grads_o = torch.cat([p.grad.flatten() for p in ours.parameters()])
+        assert _rel(grads_o, grads_r.double()) < 1e-4
+        for (name, a), b in zip(ref.named_buffers(), ours.buffers()):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_models_convert_their_batch_norms():
+    """vz_halonet26t and vz_maxvit_tiny_224 train every BatchNormAct2d through the op (timm's forward on CPU)."""
+    import timm
+
+    import vitzoo  # noqa: F401
+
+    for name, count in (("vz_halonet26t", 31), ("vz_maxvit_tiny_224", 34)):
+        model = timm.create_model(name)
+        assert sum(type(m) is FusedBatchNormAct2d for m in model.modules()) == count, name
+        assert not any(type(m) is BatchNormAct2d for m in model.modules()), name

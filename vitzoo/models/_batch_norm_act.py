@@ -1,0 +1,84 @@
+"""timm's ``BatchNormAct2d`` with a training forward on :func:`vitzoo.ops.batch_norm_act`: the batch statistics,
+the transform and the activation as two Triton passes forward and two backward (torch: five and three, see the op).
+Same parameters, buffers and state dict; running statistics and ``num_batches_tracked`` move exactly as in timm.
+
+Training on CUDA takes the fused op (``fused_backend="auto"``); eval mode (where the inference paths fold the
+BatchNorms into their convolutions), CPU tensors, ``torch.compile`` tracing, dropout between norm and activation and
+activations the op does not have run timm's forward.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import BatchNormAct2d, GELUTanh
+from timm.layers.activations import GELU as TimmGELU
+
+from vitzoo.ops import batch_norm_act
+from vitzoo.ops._backend import resolve_backend
+
+__all__ = ["FusedBatchNormAct2d", "fuse_batch_norm_acts", "fused_act_name"]
+
+
+def fused_act_name(act: nn.Module) -> Optional[str]:
+    """The op's name for an activation module (None when the op does not have it)."""
+    if type(act) is nn.Identity:
+        return "none"
+    if type(act) is nn.ReLU:
+        return "relu"
+    if type(act) is GELUTanh or (type(act) is nn.GELU and act.approximate == "tanh"):
+        return "gelu_tanh"
+    if type(act) is TimmGELU or (type(act) is nn.GELU and act.approximate == "none"):
+        return "gelu"
+    if type(act) is nn.SiLU:
+        return "silu"
+    return None
+
+
+class FusedBatchNormAct2d(BatchNormAct2d):
+    """timm's ``BatchNormAct2d``; in training on CUDA, one fused op (module docstring). ``fused_backend``:
+    ``"auto" | "torch" | "triton"`` (``"triton"`` also runs on CPU under ``TRITON_INTERPRET=1``: tests)."""
+
+    fused_backend: str = "auto"
+
+    def fused_training(self, x: torch.Tensor) -> bool:
+        """Whether this forward takes the fused op."""
+        if not self.training or torch.compiler.is_compiling() or not isinstance(self.drop, nn.Identity):
+            return False
+        if fused_act_name(self.act) is None:
+            return False
+        return resolve_backend(self.fused_backend, x, op="BatchNormAct2d (fused training)") == "triton"
+
+    def _momentum(self) -> float:
+        """timm's / torch's update factor, with ``num_batches_tracked`` bumped as their forward does."""
+        if not self.track_running_stats:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative average (as torch: a host sync)
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def forward_fused(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                      act: Optional[str] = None) -> torch.Tensor:
+        """``act(bn(x) [+ residual])`` in training mode; ``act`` defaults to this module's own activation."""
+        momentum = self._momentum()
+        tracked = self.track_running_stats
+        return batch_norm_act(x, self.weight, self.bias, self.running_mean if tracked else None,
+                              self.running_var if tracked else None, momentum, self.eps,
+                              act or fused_act_name(self.act), residual, backend=self.fused_backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused_training(x):
+            return super().forward(x)
+        return self.forward_fused(x)
+
+
+def fuse_batch_norm_acts(module: nn.Module, backend: str = "auto") -> nn.Module:
+    """Make every timm ``BatchNormAct2d`` inside ``module`` a :class:`FusedBatchNormAct2d` (a subclass that only
+    overrides ``forward``: parameters, buffers and state dict unchanged) running the fused op on ``backend``."""
+    for m in module.modules():
+        if type(m) is BatchNormAct2d:
+            m.__class__ = FusedBatchNormAct2d
+            m.fused_backend = backend
+    return module

@@ -1,0 +1,41 @@
+"""timm's ``SEModule`` with a training forward on :func:`vitzoo.ops.squeeze_excite` (the gate multiply, its
+gradients and the pooling's gradient in two Triton passes; the gate MLP stays torch). Same parameters and state dict.
+
+Taken on CUDA channels_last maps while autograd records (training); inference keeps its own paths (MaxViT's fused
+MBConv gates in place), and an SE with ``add_maxpool``, a norm layer, or CPU tensors runs timm's forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import SEModule
+
+from vitzoo.ops import squeeze_excite
+
+__all__ = ["FusedSEModule", "fuse_se_modules"]
+
+
+class FusedSEModule(SEModule):
+    """timm's ``SEModule``; training on CUDA through the fused op. ``fused_backend``: ``"auto" | "torch" |
+    "triton"``."""
+
+    fused_backend: str = "auto"
+
+    def _gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc2(self.act(self.bn(self.fc1(pooled)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or self.add_maxpool or not isinstance(self.bn, nn.Identity):
+            return super().forward(x)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return squeeze_excite(x, self._gate, params, backend=self.fused_backend)
+
+
+def fuse_se_modules(module: nn.Module, backend: str = "auto") -> nn.Module:
+    """Make every timm ``SEModule`` inside ``module`` a :class:`FusedSEModule` (a subclass that only overrides
+    ``forward``: parameters and state dict unchanged) running the fused op on ``backend``."""
+    for m in module.modules():
+        if type(m) is SEModule:
+            m.__class__ = FusedSEModule
+            m.fused_backend = backend
+    return module

@@ -1,0 +1,134 @@
+"""Training-mode BatchNorm2d with its epilogue (an optional residual add and an activation) as one op with autograd:
+``y = act(batch_norm(x) [+ residual])``, batch statistics, running statistics updated in place.
+
+Why: in a convolutional backbone's training step torch runs BatchNorm's statistics, its transform, the residual add
+and the activation as separate passes over the map, and their backwards as three more (activation backward, BatchNorm
+reduce, BatchNorm elementwise). In a HaloNet-26t train step on the H100 those passes were 17 of the 32 ms of GPU time;
+the convolutions were 9 (kernels/README.md, "Sixteenth run"). The Triton path reads x twice and writes y once
+forward, reads dy and x twice and writes dx once backward (``vitzoo.kernels.batch_norm_*``).
+
+The torch path is ``torch.nn.functional.batch_norm`` then the add and the activation: exactly timm's
+``BatchNormAct2d`` (and a ByobNet block tail), so CPU results equal timm's. Under ``torch.compile`` tracing the op
+takes the torch path (Inductor fuses these passes itself).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import resolve_backend
+
+__all__ = ["batch_norm_act", "batch_norm_act_torch", "BN_ACTIVATIONS"]
+
+BN_ACTIVATIONS = ("none", "relu", "gelu_tanh", "gelu", "silu")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _act_torch(y: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "relu":
+        return F.relu(y)
+    if act == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if act == "gelu":
+        return F.gelu(y)
+    if act == "silu":
+        return F.silu(y)
+    return y
+
+
+def _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"batch_norm_act: x must be a floating-point (N, C, H, W) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    channels = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (channels,)):
+            raise ValueError(f"batch_norm_act: {name} must be None or a tensor of shape ({channels},), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm_act: running_mean and running_var must both be tensors or both be None")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"batch_norm_act: momentum must be a float in [0, 1], got {momentum!r} (a cumulative average, "
+                         f"BatchNorm's momentum=None, is computed by the caller: 1 / num_batches_tracked)")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0:
+        raise ValueError(f"batch_norm_act: eps must be a positive float, got {eps!r}")
+    if act not in BN_ACTIVATIONS:
+        raise ValueError(f"batch_norm_act: act must be one of {BN_ACTIVATIONS}, got {act!r}")
+    if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
+        raise ValueError(f"batch_norm_act: residual must be None or a tensor of x's shape {tuple(x.shape)}, got "
+                         f"{tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__}")
+    if x.numel() // max(channels, 1) < 2:
+        raise ValueError(f"batch_norm_act: expected more than 1 value per channel when training, got input of shape "
+                         f"{tuple(x.shape)}")
+
+
+def batch_norm_act_torch(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                         running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                         momentum: float = 0.1, eps: float = 1e-5, act: str = "none",
+                         residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pure-torch reference of :func:`batch_norm_act` (timm's computation; float64 is computed in float64)."""
+    _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+    return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+
+
+def _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual) -> torch.Tensor:
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    if residual is not None:
+        y = y + residual
+    return _act_torch(y, act)
+
+
+def _unsupported(x, weight, bias, running_mean, residual) -> Optional[str]:
+    if x.dtype not in _DTYPES:
+        return f"x dtype must be float16, bfloat16 or float32, got {x.dtype}"
+    if residual is not None and residual.dtype != x.dtype:
+        return f"residual dtype must equal x's ({x.dtype}), got {residual.dtype}"
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean)):
+        if t is not None and t.dtype not in _DTYPES:
+            return f"{name} dtype must be float16, bfloat16 or float32, got {t.dtype}"
+    return None
+
+
+def batch_norm_act(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "none",
+    residual: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``act(batch_norm(x, training=True) [+ residual])`` with autograd.
+
+    Args:
+        x: (N, C, H, W), any memory format (channels_last is the fast one on the GPU).
+        weight, bias: None or (C,) affine parameters (gradients in their own dtype).
+        running_mean, running_var: None or (C,) each (both or neither), updated in place with ``momentum`` (the
+            biased batch variance normalizes, the unbiased one enters ``running_var``, as in torch).
+        momentum: in [0, 1]; eps: added to the variance.
+        act: ``"none" | "relu" | "gelu_tanh" | "gelu" | "silu"``.
+        residual: None or a tensor of x's shape added after the normalization, before the activation.
+        backend: ``"auto" | "torch" | "triton"`` (:mod:`vitzoo.ops._backend`); "auto" takes Triton for CUDA
+            fp16 / bf16 / fp32 maps, except under ``torch.compile`` tracing.
+
+    Returns y of x's shape and dtype (Triton: x's memory format; statistics and math in fp32).
+    """
+    _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+    if torch.compiler.is_compiling() and backend == "auto":
+        backend = "torch"
+
+    def unsupported():
+        return _unsupported(x, weight, bias, running_mean, residual)
+
+    if resolve_backend(backend, x, weight, bias, running_mean, running_var, residual, op="batch_norm_act",
+                       unsupported_reason=unsupported) != "triton":
+        return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+    from ._batch_norm_triton import batch_norm_act_triton
+
+    return batch_norm_act_triton(x, weight, bias, running_mean, running_var, float(momentum), float(eps), act,
+                                 residual)
