@@ -7,10 +7,14 @@ Layout: a 4-D map (N, C, H, W) with H and W mergeable is read as rows m = n * L 
 ``m // L`` path.
 
 Activations: ``kernels/_activation.py``.
+
+Untuned tiles (autotuning off, the model benchmarks' setting): per kernel a rule on C, the H100 autotuner's winners
+at HaloNet-26t's 31 norms (batch 128, bf16, channels_last; kernels/README.md, "Sixteenth run"): narrow maps
+(C <= 32) take 32-channel tiles of 128 rows, wide ones 128 or 256 channels of few rows.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import triton
@@ -19,8 +23,7 @@ import triton.language as tl
 from ._intmath import cdiv
 
 __all__ = ["map_strides", "row_uniform", "check_same_rows", "row_offsets", "row_programs", "sm_count",
-           "PROGRAMS_PER_SM",
-           "INTERPRET_PROGRAMS"]
+           "untuned_tile", "PROGRAMS_PER_SM", "INTERPRET_PROGRAMS"]
 
 PROGRAMS_PER_SM = 4  # row-chunk programs per SM for the reductions: enough loads in flight, a small partial buffer
 INTERPRET_PROGRAMS = 3  # under the CPU interpreter: a few uneven row chunks on tiny test maps
@@ -58,6 +61,16 @@ def check_same_rows(kernel: str, *maps: Optional[torch.Tensor]) -> None:
     if len(layouts) > 1:
         raise ValueError(f"{kernel}: the maps must share shape and row layout, got shapes / strides "
                          f"{[(tuple(t.shape), t.stride()) for t in given]}")
+
+
+def untuned_tile(configs, channels: int, rule: Callable[[int], Tuple[int, int, int]]):
+    """The config ``rule(C) = (BLOCK_M, BLOCK_C, num_warps)`` from a kernel's autotune list (its first config if the
+    list lacks it): the untuned default of the BatchNorm kernels, whose rules are the H100's autotune winners."""
+    want = rule(int(channels))
+    for config in configs:
+        if (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_C"], config.num_warps) == want:
+            return config
+    return configs[0]
 
 
 def sm_count(device: torch.device) -> int:

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS, act_grad
-from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_programs, row_uniform
+from ._batch_norm_common import (check_same_rows, map_strides, row_offsets, row_programs, row_uniform,
+                                 untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import interpreting, mode_pruner
@@ -28,7 +29,7 @@ __all__ = ["batch_norm_act_bwd_reduce", "Z_SOURCES"]
 
 Z_SOURCES = ("none", "x", "x_residual", "output")
 INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
-# (BLOCK_M rows, BLOCK_C channels, warps); the first is the untuned default
+# (BLOCK_M rows, BLOCK_C channels, warps); the untuned pick is _untuned's rule
 _TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8))
 WIDEST_BLOCK_C = max(c for _, c, _ in _TILES)
 
@@ -38,9 +39,8 @@ def _configs():
 
 
 def _untuned(configs, args):
-    """The widest channel block that does not exceed C (narrow maps: whole rows per tile), else the first."""
-    fitting = [c for c in configs if c.kwargs["BLOCK_C"] <= max(32, int(args["C"]))]
-    return fitting[0] if fitting else configs[0]
+    """H100 winners (``_batch_norm_common.py``): (128, 32) up to C = 32, else (32, 128)."""
+    return untuned_tile(configs, args["C"], lambda c: (128, 32, 4) if c <= 32 else (32, 128, 4))
 
 
 @triton.jit

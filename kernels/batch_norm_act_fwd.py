@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS, apply_act
-from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_uniform
+from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_uniform, untuned_tile
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
@@ -24,7 +24,7 @@ from ._tuning import mode_pruner
 __all__ = ["batch_norm_act_fwd"]
 
 INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
-# (BLOCK_M rows, BLOCK_C channels, warps); the first is the untuned default
+# (BLOCK_M rows, BLOCK_C channels, warps); the untuned pick is _untuned's rule
 _TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
 
 
@@ -33,9 +33,10 @@ def _configs():
 
 
 def _untuned(configs, args):
-    """The widest channel block that does not exceed C (narrow maps: whole rows per tile), else the first."""
-    fitting = [c for c in configs if c.kwargs["BLOCK_C"] <= max(32, int(args["C"]))]
-    return fitting[0] if fitting else configs[0]
+    """H100 winners (``_batch_norm_common.py``): (128, 32) up to C = 32, (64, 128) on 8 warps up to 64, else
+    (16, 256)."""
+    return untuned_tile(configs, args["C"],
+                        lambda c: (128, 32, 4) if c <= 32 else ((64, 128, 8) if c <= 64 else (16, 256, 4)))
 
 
 @triton.autotune(configs=_configs(), key=["C", "ACT", "HAS_RESIDUAL", "ROW_UNIFORM"], prune_configs_by={

@@ -49,7 +49,8 @@ def run(quick: bool = False) -> List[dict]:
                     return F.conv2d(x, w, None, stride, top, groups=channels)
                 return F.conv2d(F.pad(x, (top, bottom, top, bottom)), w, None, stride, groups=channels)
 
-        out = ours()
+        with torch.no_grad():  # no autograd graph may outlive this line: a kept one breaks the backward's capture
+            out = ours()
         grad = torch.randn_like(out)
         floor = hbm_floor_ms(x.numel() * 2 + out.numel() * 2)
         for impl, fn in (("vitzoo_triton", ours), ("timm_cudnn", timm_form)):

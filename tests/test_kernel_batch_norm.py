@@ -197,3 +197,26 @@ def test_models_convert_their_batch_norms():
         model = timm.create_model(name)
         assert sum(type(m) is FusedBatchNormAct2d for m in model.modules()) == count, name
         assert not any(type(m) is BatchNormAct2d for m in model.modules()), name
+
+
+# C -> (stats, transform, backward reduce, backward) tiles as (BLOCK_M, BLOCK_C, warps): the H100 autotune winners
+# at HaloNet-26t's norms (kernels/README.md, "Sixteenth run")
+UNTUNED_AT_MEASURED = {
+    24: ((128, 32, 4), (128, 32, 4), (128, 32, 4), (128, 32, 4)),
+    64: ((32, 128, 4), (64, 128, 8), (32, 128, 4), (32, 128, 4)),
+    256: ((32, 128, 4), (16, 256, 4), (32, 128, 4), (16, 256, 4)),
+    2048: ((32, 128, 4), (16, 256, 4), (32, 128, 4), (16, 256, 4)),
+}
+
+
+@pytest.mark.parametrize("channels", list(UNTUNED_AT_MEASURED))
+def test_untuned_tiles_are_the_measured_winners(channels):
+    from vitzoo.kernels import batch_norm_act_bwd, batch_norm_act_bwd_reduce, batch_norm_act_fwd, batch_norm_stats
+
+    kernels = (batch_norm_stats._batch_norm_stats_kernel, batch_norm_act_fwd._batch_norm_act_fwd_kernel,
+               batch_norm_act_bwd_reduce._batch_norm_act_bwd_reduce_kernel,
+               batch_norm_act_bwd._batch_norm_act_bwd_kernel)
+    modules = (batch_norm_stats, batch_norm_act_fwd, batch_norm_act_bwd_reduce, batch_norm_act_bwd)
+    for module, kernel, want in zip(modules, kernels, UNTUNED_AT_MEASURED[channels]):
+        config = module._untuned(kernel.configs, {"C": channels})
+        assert (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_C"], config.num_warps) == want, module.__name__
