@@ -20,13 +20,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._intmath import cdiv
 
-__all__ = ["map_strides", "row_uniform", "check_same_rows", "row_offsets", "row_programs", "sm_count",
-           "untuned_tile", "PROGRAMS_PER_SM", "INTERPRET_PROGRAMS"]
+__all__ = ["map_strides", "row_uniform", "check_same_rows", "row_offsets", "untuned_tile", "tile_configs",
+           "interpret_config", "load_stats", "ELEMENTWISE_TILES", "REDUCTION_TILES", "WIDEST_REDUCTION_BLOCK_C"]
 
-PROGRAMS_PER_SM = 4  # row-chunk programs per SM for the reductions: enough loads in flight, a small partial buffer
-INTERPRET_PROGRAMS = 3  # under the CPU interpreter: a few uneven row chunks on tiny test maps
+INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter: several tiles per chunk on tiny maps
+# (BLOCK_M rows, BLOCK_C channels, warps) autotuned; the untuned pick is each kernel's rule (``untuned_tile``)
+ELEMENTWISE_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
+REDUCTION_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8))
+WIDEST_REDUCTION_BLOCK_C = max(c for _, c, _ in REDUCTION_TILES)
 @triton.jit
 def row_offsets(rows, L, stride_n, stride_l, ROW_UNIFORM: tl.constexpr):
     """int64 element offsets of rows m = n * L + l (module docstring)."""
@@ -63,6 +65,26 @@ def check_same_rows(kernel: str, *maps: Optional[torch.Tensor]) -> None:
                          f"{[(tuple(t.shape), t.stride()) for t in given]}")
 
 
+def tile_configs(tiles, num_stages: int):
+    """Autotune configs of (BLOCK_M, BLOCK_C, warps) tiles; 2 stages for the streaming reductions, 1 elementwise."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=num_stages)
+            for m, c, warps in tiles]
+
+
+def interpret_config():
+    return triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4, num_stages=1)
+
+
+@triton.jit
+def load_stats(STATS, stride_s, cs, c_ok):
+    """(mean, invstd, scale, beta) fp32 vectors of channels ``cs`` from the (4, C) statistics."""
+    mean = tl.load(STATS + cs, mask=c_ok, other=0.0)
+    invstd = tl.load(STATS + stride_s + cs, mask=c_ok, other=0.0)
+    scale = tl.load(STATS + 2 * stride_s + cs, mask=c_ok, other=0.0)
+    beta = tl.load(STATS + 3 * stride_s + cs, mask=c_ok, other=0.0)
+    return mean, invstd, scale, beta
+
+
 def untuned_tile(configs, channels: int, rule: Callable[[int], Tuple[int, int, int]]):
     """The config ``rule(C) = (BLOCK_M, BLOCK_C, num_warps)`` from a kernel's autotune list (its first config if the
     list lacks it): the untuned default of the BatchNorm kernels, whose rules are the H100's autotune winners."""
@@ -71,17 +93,3 @@ def untuned_tile(configs, channels: int, rule: Callable[[int], Tuple[int, int, i
         if (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_C"], config.num_warps) == want:
             return config
     return configs[0]
-
-
-def sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
-def row_programs(rows: int, channel_blocks: int, device: torch.device, interpret: bool) -> Tuple[int, int]:
-    """(row-chunk programs, rows per program) of a reduction grid (programs x channel_blocks): about
-    ``PROGRAMS_PER_SM`` programs per SM in all, no chunk empty."""
-    target = INTERPRET_PROGRAMS if interpret else max(1, PROGRAMS_PER_SM * sm_count(device) // channel_blocks)
-    per_program = cdiv(rows, max(1, min(target, rows)))
-    return cdiv(rows, per_program), per_program

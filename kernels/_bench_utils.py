@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 __all__ = ["time_ms", "gpu_time_ms", "time_fwd_bwd", "copy_bytes_per_ms", "hbm_floor_ms", "peak_memory_gb", "rel_err",
-           "tensor_bytes", "row"]
+           "tensor_bytes", "row", "timed_row"]
 
 
 def time_ms(fn: Callable[[], object], warmup_ms: int = 25, rep_ms: int = 100) -> float:
@@ -90,6 +90,18 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64 (NaN-propagating: a NaN anywhere gives NaN, which never passes)."""
     out, ref = out.double(), ref.double()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def timed_row(pattern: str, case: str, impl: str, fwd: Callable[[], torch.Tensor], grad: torch.Tensor,
+              leaves: Iterable[torch.Tensor], note: str = "", **values) -> dict:
+    """One result row with :func:`time_fwd_bwd`'s timings of ``fwd``; an implementation that fails gives a row that
+    says why (a failing implementation is a result, not a crash)."""
+    try:
+        timed = time_fwd_bwd(fwd, grad, leaves)
+        note = f"{note} {timed.pop('note')}".strip()
+    except Exception as exc:  # noqa: BLE001
+        timed, note = {}, f"failed: {type(exc).__name__}: {exc}"[:200]
+    return row(pattern, case, impl, note=note, **values, **timed)
 
 
 def row(pattern: str, case: str, impl: str, **values) -> dict:

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS
-from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_uniform, untuned_tile
+from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, interpret_config, load_stats, map_strides,
+                                 row_offsets, row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
@@ -24,25 +25,15 @@ from .batch_norm_act_bwd_reduce import Z_SOURCES, grad_z
 
 __all__ = ["batch_norm_act_bwd"]
 
-INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
-# (BLOCK_M rows, BLOCK_C channels, warps); the untuned pick is _untuned's rule
-_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
-
-
-def _configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=1) for m, c, warps in _TILES]
-
-
 def _untuned(configs, args):
     """H100 winners (``_batch_norm_common.py``): (128, 32) up to C = 32, (32, 128) up to 128, else (16, 256)."""
     return untuned_tile(configs, args["C"],
                         lambda c: (128, 32, 4) if c <= 32 else ((32, 128, 4) if c <= 128 else (16, 256, 4)))
 
 
-@triton.autotune(configs=_configs(), key=["C", "ACT", "Z_FROM", "HAS_DRES", "ROW_UNIFORM"],
-                 prune_configs_by={"early_config_prune": mode_pruner(
-                     triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4,
-                                   num_stages=1), untuned=_untuned)})
+@triton.autotune(configs=tile_configs(ELEMENTWISE_TILES, 1),
+                 key=["C", "ACT", "Z_FROM", "HAS_DRES", "ROW_UNIFORM"],
+                 prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_act_bwd_kernel(
     DY, X, SRC, STATS, SUMS, WEIGHT, DX, DRES,  # SUMS (2, C) fp32: sum(dz), sum(dz * xhat)
@@ -61,10 +52,7 @@ def _batch_norm_act_bwd_kernel(
     c_ok = cs < C
     mask = (rows < M)[:, None] & c_ok[None, :]
     cs64 = cs.to(tl.int64)
-    mean = tl.load(STATS + cs, mask=c_ok, other=0.0)
-    invstd = tl.load(STATS + stride_s + cs, mask=c_ok, other=0.0)
-    scale = tl.load(STATS + 2 * stride_s + cs, mask=c_ok, other=0.0)
-    beta = tl.load(STATS + 3 * stride_s + cs, mask=c_ok, other=0.0)
+    mean, invstd, scale, beta = load_stats(STATS, stride_s, cs, c_ok)
     total = M.to(tl.float32)
     mean_dz = tl.load(SUMS + cs, mask=c_ok, other=0.0) / total
     mean_dz_xhat = tl.load(SUMS + stride_sums + cs, mask=c_ok, other=0.0) / total

@@ -19,25 +19,17 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS, act_grad
-from ._batch_norm_common import (check_same_rows, map_strides, row_offsets, row_programs, row_uniform,
-                                 untuned_tile)
+from ._batch_norm_common import (INTERPRET_BLOCKS, REDUCTION_TILES, WIDEST_REDUCTION_BLOCK_C, check_same_rows,
+                                 interpret_config, load_stats, map_strides, row_offsets, row_uniform,
+                                 tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
+from ._row_chunks import row_programs
 from ._tuning import interpreting, mode_pruner
 
 __all__ = ["batch_norm_act_bwd_reduce", "Z_SOURCES"]
 
 Z_SOURCES = ("none", "x", "x_residual", "output")
-INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
-# (BLOCK_M rows, BLOCK_C channels, warps); the untuned pick is _untuned's rule
-_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8))
-WIDEST_BLOCK_C = max(c for _, c, _ in _TILES)
-
-
-def _configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=2) for m, c, warps in _TILES]
-
-
 def _untuned(configs, args):
     """H100 winners (``_batch_norm_common.py``): (128, 32) up to C = 32, else (32, 128)."""
     return untuned_tile(configs, args["C"], lambda c: (128, 32, 4) if c <= 32 else (32, 128, 4))
@@ -61,10 +53,9 @@ def grad_z(DY, X, SRC, offs_dy, offs_x, offs_src, mask, mean, scale, beta, ACT: 
     return dz, x
 
 
-@triton.autotune(configs=_configs(), key=["C", "ROWS_PER_PROGRAM", "ACT", "Z_FROM", "ROW_UNIFORM"],
-                 prune_configs_by={"early_config_prune": mode_pruner(
-                     triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4,
-                                   num_stages=1), untuned=_untuned)})
+@triton.autotune(configs=tile_configs(REDUCTION_TILES, 2),
+                 key=["C", "ROWS_PER_PROGRAM", "ACT", "Z_FROM", "ROW_UNIFORM"],
+                 prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_act_bwd_reduce_kernel(
     DY, X, SRC, STATS, PARTS,  # SRC: the residual or the output (Z_FROM); STATS (4, C): mean, invstd, scale, beta
@@ -80,10 +71,7 @@ def _batch_norm_act_bwd_reduce_kernel(
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cs < C
     cs64 = cs.to(tl.int64)
-    mean = tl.load(STATS + cs, mask=c_ok, other=0.0)
-    invstd = tl.load(STATS + stride_s + cs, mask=c_ok, other=0.0)
-    scale = tl.load(STATS + 2 * stride_s + cs, mask=c_ok, other=0.0)
-    beta = tl.load(STATS + 3 * stride_s + cs, mask=c_ok, other=0.0)
+    mean, invstd, scale, beta = load_stats(STATS, stride_s, cs, c_ok)
     row_start = pid * ROWS_PER_PROGRAM
     row_end = tl.minimum(row_start + ROWS_PER_PROGRAM, M)
     sum_dz = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
@@ -116,7 +104,7 @@ def batch_norm_act_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, stats: torch.Te
     batch, channels, height, width = x.shape
     rows = batch * height * width
     interpret = interpreting() or x.device.type != "cuda"
-    channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else WIDEST_BLOCK_C)
+    channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else WIDEST_REDUCTION_BLOCK_C)
     programs, per_program = row_programs(rows, channel_blocks, x.device, interpret)
     parts = torch.empty((2, programs, channels), device=x.device, dtype=torch.float32)
     src = src if src is not None else x  # never read when absent

@@ -16,21 +16,13 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS, apply_act
-from ._batch_norm_common import check_same_rows, map_strides, row_offsets, row_uniform, untuned_tile
+from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, interpret_config, map_strides, row_offsets,
+                                 row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
 
 __all__ = ["batch_norm_act_fwd"]
-
-INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter
-# (BLOCK_M rows, BLOCK_C channels, warps); the untuned pick is _untuned's rule
-_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
-
-
-def _configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=1) for m, c, warps in _TILES]
-
 
 def _untuned(configs, args):
     """H100 winners (``_batch_norm_common.py``): (128, 32) up to C = 32, (64, 128) on 8 warps up to 64, else
@@ -39,9 +31,8 @@ def _untuned(configs, args):
                         lambda c: (128, 32, 4) if c <= 32 else ((64, 128, 8) if c <= 64 else (16, 256, 4)))
 
 
-@triton.autotune(configs=_configs(), key=["C", "ACT", "HAS_RESIDUAL", "ROW_UNIFORM"], prune_configs_by={
-    "early_config_prune": mode_pruner(triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]},
-                                                    num_warps=4, num_stages=1), untuned=_untuned)})
+@triton.autotune(configs=tile_configs(ELEMENTWISE_TILES, 1), key=["C", "ACT", "HAS_RESIDUAL", "ROW_UNIFORM"],
+                 prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_act_fwd_kernel(
     X, RES, Y, STATS,  # STATS: (4, C) fp32 mean, invstd, scale, beta

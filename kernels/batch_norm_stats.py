@@ -17,30 +17,22 @@ import torch
 import triton
 import triton.language as tl
 
-from ._batch_norm_common import map_strides, row_offsets, row_programs, row_uniform, untuned_tile
+from ._batch_norm_common import (INTERPRET_BLOCKS, REDUCTION_TILES, WIDEST_REDUCTION_BLOCK_C, interpret_config,
+                                 map_strides, row_offsets, row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
+from ._row_chunks import row_programs
 from ._tuning import interpreting, mode_pruner
 
 __all__ = ["batch_norm_stats"]
-
-INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter: several tiles per chunk on tiny maps
-# (BLOCK_M rows, BLOCK_C channels, warps); the untuned pick is _untuned's rule
-_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8))
-
-
-def _configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=2) for m, c, warps in _TILES]
-
 
 def _untuned(configs, args):
     """H100 winners (``_batch_norm_common.py``): (128, 32) rows x channels up to C = 32, else (32, 128)."""
     return untuned_tile(configs, args["C"], lambda c: (128, 32, 4) if c <= 32 else (32, 128, 4))
 
 
-@triton.autotune(configs=_configs(), key=["C", "ROWS_PER_PROGRAM", "ROW_UNIFORM"], prune_configs_by={
-    "early_config_prune": mode_pruner(triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]},
-                                                    num_warps=4, num_stages=1), untuned=_untuned)})
+@triton.autotune(configs=tile_configs(REDUCTION_TILES, 2), key=["C", "ROWS_PER_PROGRAM", "ROW_UNIFORM"],
+                 prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_stats_kernel(
     X, PARTS,  # PARTS: (2, programs, C) fp32, a program's chunk mean and M2
@@ -87,7 +79,7 @@ def batch_norm_stats(x: torch.Tensor) -> tuple:
         raise ValueError(f"batch_norm_stats: x must not be empty, got shape {tuple(x.shape)}")
     interpret = interpreting() or x.device.type != "cuda"
     # the channel grid depends on the tile; the row chunking is fixed first from the widest channel block
-    channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else 128)
+    channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else WIDEST_REDUCTION_BLOCK_C)
     programs, per_program = row_programs(rows, channel_blocks, x.device, interpret)
     parts = torch.empty((2, programs, channels), device=x.device, dtype=torch.float32)
     stride_n, stride_l, stride_c = map_strides(x)

@@ -16,7 +16,7 @@ from typing import Callable, List
 import torch
 import torch.nn.functional as F
 
-from ._bench_utils import hbm_floor_ms, row, time_fwd_bwd
+from ._bench_utils import hbm_floor_ms, timed_row
 
 PATTERN = "batch_norm"
 BATCH = 128
@@ -67,12 +67,8 @@ def run(quick: bool = False) -> List[dict]:
             mean, var = torch.zeros(channels, device="cuda"), torch.ones(channels, device="cuda")
             fwd: Callable[[], torch.Tensor] = (  # noqa: E731
                 lambda fn=fn, x=x, w=w, b=b, mean=mean, var=var, act=act, res=res: fn(x, w, b, mean, var, act, res))
-            try:
-                values = time_fwd_bwd(fwd, grad, leaves)
-                note = f"shape={shape} act={act} residual={has_res} {values.pop('note')}".strip()
-            except Exception as exc:  # noqa: BLE001 - a failing implementation is a result
-                values, note = {}, f"failed: {type(exc).__name__}: {exc}"[:200]
-            rows.append(row(PATTERN, case, impl, dtype="bf16", floor_ms=floor, note=note, **values))
+            rows.append(timed_row(PATTERN, case, impl, fwd, grad, leaves, f"shape={shape} act={act} residual={has_res}",
+                                  dtype="bf16", floor_ms=floor))
         del x, res, grad
         torch.cuda.empty_cache()
     return rows

@@ -6,12 +6,12 @@ forward (x read and y written once).
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import List
 
 import torch
 import torch.nn.functional as F
 
-from ._bench_utils import hbm_floor_ms, row, time_fwd_bwd
+from ._bench_utils import hbm_floor_ms, timed_row
 
 PATTERN = "depthwise"
 BATCH = 128
@@ -54,13 +54,8 @@ def run(quick: bool = False) -> List[dict]:
         grad = torch.randn_like(out)
         floor = hbm_floor_ms(x.numel() * 2 + out.numel() * 2)
         for impl, fn in (("vitzoo_triton", ours), ("timm_cudnn", timm_form)):
-            fwd: Callable[[], torch.Tensor] = fn
-            try:
-                values = time_fwd_bwd(fwd, grad, [x, w])
-                note = f"shape={tuple(x.shape)} stride={stride} pad={pad} {values.pop('note')}".strip()
-            except Exception as exc:  # noqa: BLE001 - a failing implementation is a result
-                values, note = {}, f"failed: {type(exc).__name__}: {exc}"[:200]
-            rows.append(row(PATTERN, case, impl, dtype="bf16", floor_ms=floor, note=note, **values))
+            rows.append(timed_row(PATTERN, case, impl, fn, grad, [x, w], f"shape={tuple(x.shape)} stride={stride} "
+                                  f"pad={pad}", dtype="bf16", floor_ms=floor))
         del x, grad, out
         torch.cuda.empty_cache()
     return rows

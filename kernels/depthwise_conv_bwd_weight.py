@@ -10,15 +10,15 @@ its (TAPS + 1, C) partial row (the last one is the bias); the launcher sums the 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._batch_norm_common import row_programs
 from ._intmath import cdiv, next_pow2
 from ._launch import launch
+from ._row_chunks import row_programs
 from ._tuning import interpreting, mode_pruner
 
 __all__ = ["depthwise_conv_bwd_weight"]
