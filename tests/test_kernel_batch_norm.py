@@ -159,6 +159,23 @@ def test_fused_batch_norm_act2d_falls_back_to_timm():
     assert not bn.fused_training(x)
 
 
+def test_fused_training_runs_in_graphed_steps_or_when_forced():
+    """"auto" takes the fused training ops only inside graph_step_kernels (eager steps are host-bound and the ops'
+    Python costs host time); "triton" forces them, "torch" never takes them."""
+    from vitzoo.models._step_kernels import fused_training_enabled, graph_step_kernels
+
+    assert fused_training_enabled("triton") and not fused_training_enabled("auto")
+    assert not fused_training_enabled("torch")
+    with graph_step_kernels():
+        assert fused_training_enabled("auto") and not fused_training_enabled("torch")
+    bn = fuse_batch_norm_acts(BatchNormAct2d(6, act_layer=nn.ReLU), "triton")
+    x = torch.randn(2, 6, 3, 3)
+    assert bn.fused_training(x)
+    bn.fused_backend = "auto"
+    with graph_step_kernels():
+        assert not bn.fused_training(x)  # auto: CPU tensors still run timm's
+
+
 def test_halonet_block_tails_train_through_the_op():
     """ByobNet bottleneck / self-attention blocks (HaloNet's) in training: the tail relu(bn3(conv3) + shortcut) as one
     op gives timm's outputs, input and parameter gradients and running statistics."""

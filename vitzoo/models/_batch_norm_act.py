@@ -2,9 +2,10 @@
 the transform and the activation as two Triton passes forward and two backward (torch: five and three, see the op).
 Same parameters, buffers and state dict; running statistics and ``num_batches_tracked`` move exactly as in timm.
 
-Training on CUDA takes the fused op (``fused_backend="auto"``); eval mode (where the inference paths fold the
-BatchNorms into their convolutions), CPU tensors, ``torch.compile`` tracing, dropout between norm and activation and
-activations the op does not have run timm's forward.
+Training on CUDA takes the fused op inside CUDA-graphed steps (``fused_backend="auto"``, see
+:func:`~vitzoo.models._step_kernels.fused_training_enabled`; ``"triton"`` forces it everywhere). Eval mode (where
+the inference paths fold the BatchNorms into their convolutions), eager training, CPU tensors, ``torch.compile``
+tracing, dropout between norm and activation and activations the op does not have run timm's forward.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from timm.layers.activations import GELU as TimmGELU
 
 from vitzoo.ops import batch_norm_act
 from vitzoo.ops._backend import resolve_backend
+
+from ._step_kernels import fused_training_enabled
 
 __all__ = ["FusedBatchNormAct2d", "fuse_batch_norm_acts", "fused_act_name"]
 
@@ -37,8 +40,8 @@ def fused_act_name(act: nn.Module) -> Optional[str]:
 
 
 class FusedBatchNormAct2d(BatchNormAct2d):
-    """timm's ``BatchNormAct2d``; in training on CUDA, one fused op (module docstring). ``fused_backend``:
-    ``"auto" | "torch" | "triton"`` (``"triton"`` also runs on CPU under ``TRITON_INTERPRET=1``: tests)."""
+    """timm's ``BatchNormAct2d``; in graphed training steps on CUDA, one fused op (module docstring).
+    ``fused_backend``: ``"auto" | "torch" | "triton"`` (``"triton"``: always, on CPU under ``TRITON_INTERPRET=1``)."""
 
     fused_backend: str = "auto"
 
@@ -46,7 +49,7 @@ class FusedBatchNormAct2d(BatchNormAct2d):
         """Whether this forward takes the fused op."""
         if not self.training or torch.compiler.is_compiling() or not isinstance(self.drop, nn.Identity):
             return False
-        if fused_act_name(self.act) is None:
+        if fused_act_name(self.act) is None or not fused_training_enabled(self.fused_backend):
             return False
         return resolve_backend(self.fused_backend, x, op="BatchNormAct2d (fused training)") == "triton"
 

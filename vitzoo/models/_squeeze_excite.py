@@ -1,8 +1,10 @@
 """timm's ``SEModule`` with a training forward on :func:`vitzoo.ops.squeeze_excite` (the gate multiply, its
 gradients and the pooling's gradient in two Triton passes; the gate MLP stays torch). Same parameters and state dict.
 
-Taken on CUDA channels_last maps while autograd records (training); inference keeps its own paths (MaxViT's fused
-MBConv gates in place), and an SE with ``add_maxpool``, a norm layer, or CPU tensors runs timm's forward.
+Taken on CUDA channels_last maps while autograd records, inside CUDA-graphed training steps
+(:func:`~vitzoo.models._step_kernels.fused_training_enabled`; ``fused_backend="triton"`` forces it). Inference
+keeps its own paths (MaxViT's fused MBConv gates in place); eager training, an SE with ``add_maxpool`` or a norm
+layer, and CPU tensors run timm's forward.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import torch.nn as nn
 from timm.layers import SEModule
 
 from vitzoo.ops import squeeze_excite
+
+from ._step_kernels import fused_training_enabled
 
 __all__ = ["FusedSEModule", "fuse_se_modules"]
 
@@ -25,7 +29,8 @@ class FusedSEModule(SEModule):
         return self.gate(self.fc2(self.act(self.bn(self.fc1(pooled)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() or self.add_maxpool or not isinstance(self.bn, nn.Identity):
+        if (not torch.is_grad_enabled() or self.add_maxpool or not isinstance(self.bn, nn.Identity)
+                or not fused_training_enabled(self.fused_backend)):
             return super().forward(x)
         params = [p for p in self.parameters() if p.requires_grad]
         return squeeze_excite(x, self._gate, params, backend=self.fused_backend)

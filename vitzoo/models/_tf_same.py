@@ -30,6 +30,8 @@ from timm.models.maxxvit import Downsample2d
 
 from vitzoo.ops import depthwise_conv2d, same_padding
 
+from ._step_kernels import fused_training_enabled
+
 __all__ = ["PadFreeConv2dSame", "ConvDownsample2d", "same_conv2d", "fuse_tf_same"]
 
 
@@ -50,8 +52,9 @@ def same_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 class PadFreeConv2dSame(Conv2dSame):
     """timm's ``Conv2dSame``; on CUDA without the padded copy (module docstring): a dense conv through the zero-tap
-    kernel, a depthwise conv (channels_last) through :func:`vitzoo.ops.depthwise_conv2d` on ``fused_backend``
-    (cuDNN's grouped kernels for the zero-tap 4x4 kernel are 10x slower than its 3x3 ones)."""
+    kernel, a depthwise conv (channels_last) through :func:`vitzoo.ops.depthwise_conv2d` on ``fused_backend`` in
+    CUDA-graphed training steps (:func:`~vitzoo.models._step_kernels.fused_training_enabled`; elsewhere timm's pad
+    and cuDNN: cuDNN's grouped kernels for the zero-tap 4x4 kernel are 10x slower than its 3x3 ones)."""
 
     pad_free: Optional[bool] = None
     fused_backend: str = "auto"
@@ -65,7 +68,7 @@ class PadFreeConv2dSame(Conv2dSame):
             return super().forward(x)
         if self.groups == 1:
             return same_conv2d(x, self.weight, self.bias, self.stride)
-        if not self._depthwise(x):
+        if not self._depthwise(x) or not fused_training_enabled(self.fused_backend):
             return super().forward(x)
         (k, _), (s, _) = self.kernel_size, self.stride
         top, bottom, _ = same_padding(x.shape[2], k, s)

@@ -111,7 +111,7 @@ class HaloNetVz(ByobNet):
             raise ValueError(f"attn_backend must be one of {BACKENDS}, got {attn_backend!r}")
         super().__init__(vz_halo_cfg(cfg, attn_backend), **kwargs)
         fuse_conv_norm_acts(self)  # inference on CUDA: BN folded, conv + bias (+ residual) + ReLU in one cuDNN call
-        fuse_batch_norm_acts(self, attn_backend)  # training on CUDA: BN + (residual +) activation as one op
+        fuse_batch_norm_acts(self, attn_backend)  # graphed training on CUDA: BN + (residual +) activation as one op
         self.attn_backend = attn_backend
         self.input_multiple = self._annotate_reductions(_stage_strides(cfg))
 

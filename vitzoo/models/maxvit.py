@@ -15,10 +15,11 @@ non-attention pieces (stem, MBConv, norms, MLP, heads, configs) are imported fro
   (key minus query), which is the op's ``rpb`` convention, so it is passed as ``rpb`` unchanged.
 
 MBConv is timm's block; its inference forward on the GPU folds the BatchNorms and fuses the depthwise conv with its
-norm, GELU and "same" padding (:mod:`vitzoo.models._mbconv`). In training every BatchNorm (+ GELU) of the stem and
-the MBConvs runs as one op (:mod:`vitzoo.models._batch_norm_act`) and so does SE's gating with its gradients
-(:mod:`vitzoo.models._squeeze_excite`); on the GPU the stride-2 "same" convolutions and the pooled shortcuts run
-without padded copies (:mod:`vitzoo.models._tf_same`).
+norm, GELU and "same" padding (:mod:`vitzoo.models._mbconv`). In CUDA-graphed training steps every BatchNorm
+(+ GELU) of the stem and the MBConvs runs as one op (:mod:`vitzoo.models._batch_norm_act`), and so do SE's gating
+with its gradients (:mod:`vitzoo.models._squeeze_excite`) and the stride-2 depthwise convs with their TF padding;
+on the GPU the other "same" convolutions and the pooled shortcuts run without padded copies
+(:mod:`vitzoo.models._tf_same`).
 
 The state_dict layout is timm's: ``model.load_state_dict(timm_model.state_dict())`` works as is.
 """
@@ -267,8 +268,8 @@ class MaxViT(nn.Module):
             self.norm = final_norm_layer(self.num_features)
             self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
-        fuse_batch_norm_acts(self, attn_backend)  # training on CUDA: BatchNorm (+ GELU) as one op
-        fuse_se_modules(self, attn_backend)  # training on CUDA: SE's gate multiply and its gradients in two passes
+        fuse_batch_norm_acts(self, attn_backend)  # graphed training on CUDA: BatchNorm (+ GELU) as one op
+        fuse_se_modules(self, attn_backend)  # graphed training: SE's gate multiply and its gradients in two passes
         fuse_tf_same(self, backend=attn_backend)  # on CUDA: stride-2 "same" convs and pooled shortcuts, no padded copy
         if cfg.weight_init:
             named_apply(partial(self._init_weights, scheme=cfg.weight_init), self)
