@@ -5,7 +5,7 @@ With xhat = (x - mean) * rstd and g = dy * weight (dy without a weight), per row
 ``dbias = sum_rows(dy)``.
 
 dx is a per-row computation like the forward. The parameter gradients are sums over all M rows: instead of atomics,
-each program walks a contiguous chunk of rows (a few programs per SM, ``PROGRAMS_PER_SM``), adds dy * xhat and dy
+each program walks a contiguous chunk of rows (a few programs per SM, ``_row_chunks.py``), adds dy * xhat and dy
 into fp32 (BLOCK_M, C) register tiles (no cross-warp reduction per step: on the H100 that halved the kernel's time at
 C = 96..384 against a per-step row sum), reduces them once at the end and writes its row of an (n, n_programs, C)
 fp32 buffer (n = the wanted gradients); the launcher adds the rows up with one ``.sum(1)``. No atomics, so the
@@ -13,22 +13,19 @@ result does not depend on scheduling: deterministic.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._intmath import cdiv, next_pow2
+from ._intmath import next_pow2
 from ._launch import launch
+from ._row_chunks import row_programs
 from ._tuning import interpreting
 from .layer_norm_fwd import block_rows, check_channels, tile_configs, tile_pruner
 
-__all__ = ["layer_norm_bwd", "PROGRAMS_PER_SM", "INTERPRET_PROGRAMS"]
-
-PROGRAMS_PER_SM = 4  # per SM; on the H100 (B=128 ViT norms, C 64..768) 4 beat 8 and 16, and keeps the buffer small
-INTERPRET_PROGRAMS = 3  # under the CPU interpreter: a few uneven row chunks on tiny test tensors
+__all__ = ["layer_norm_bwd"]
 MAX_PER_THREAD = 32  # fp32 values per thread of one tile: x, dy, g and the two sum tiles live together
 
 # (TILE elements per program step, num_warps); first = the default without autotuning: the H100's autotuner chose
@@ -89,21 +86,6 @@ def _layer_norm_bwd_kernel(
         tl.store(PARTS + dbias_offset + pid * stride_pm + cols, tl.sum(dbias_acc, axis=0), mask=col_ok)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _programs(rows: int, device: torch.device) -> Tuple[int, int]:
-    """(number of programs, rows per program): a few programs per SM, none empty."""
-    if interpreting() or device.type != "cuda":
-        target = INTERPRET_PROGRAMS
-    else:
-        target = PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    per_program = cdiv(rows, max(1, min(target, rows)))
-    return cdiv(rows, per_program), per_program
-
-
 def layer_norm_bwd(
     dy2d: torch.Tensor,
     x2d: torch.Tensor,
@@ -127,7 +109,7 @@ def layer_norm_bwd(
     n_params = int(need_dweight) + int(need_dbias)
     if rows == 0:
         return dx, torch.zeros((n_params, channels), device=x2d.device) if n_params else None
-    programs, per_program = _programs(rows, x2d.device)
+    programs, per_program = row_programs(rows, 1, x2d.device, interpreting() or x2d.device.type != "cuda")
     parts = torch.empty((max(n_params, 1), programs, channels), device=x2d.device, dtype=torch.float32)
     weight = weight.contiguous() if weight is not None else None
     # an absent weight is never read: dx stands in for its pointer

@@ -20,6 +20,7 @@ from vitzoo.ops import batch_norm_act
 from vitzoo.ops._backend import resolve_backend
 
 from ._step_kernels import fused_training_enabled
+from ._swap import swap_classes
 
 __all__ = ["FusedBatchNormAct2d", "fuse_batch_norm_acts", "fused_act_name"]
 
@@ -47,9 +48,10 @@ class FusedBatchNormAct2d(BatchNormAct2d):
 
     def fused_training(self, x: torch.Tensor) -> bool:
         """Whether this forward takes the fused op."""
-        if not self.training or torch.compiler.is_compiling() or not isinstance(self.drop, nn.Identity):
+        # cheapest first: eager steps (the common case on "auto") leave at the first test
+        if not (self.training and fused_training_enabled(self.fused_backend)) or torch.compiler.is_compiling():
             return False
-        if fused_act_name(self.act) is None or not fused_training_enabled(self.fused_backend):
+        if not isinstance(self.drop, nn.Identity) or fused_act_name(self.act) is None:
             return False
         return resolve_backend(self.fused_backend, x, op="BatchNormAct2d (fused training)") == "triton"
 
@@ -80,8 +82,5 @@ class FusedBatchNormAct2d(BatchNormAct2d):
 def fuse_batch_norm_acts(module: nn.Module, backend: str = "auto") -> nn.Module:
     """Make every timm ``BatchNormAct2d`` inside ``module`` a :class:`FusedBatchNormAct2d` (a subclass that only
     overrides ``forward``: parameters, buffers and state dict unchanged) running the fused op on ``backend``."""
-    for m in module.modules():
-        if type(m) is BatchNormAct2d:
-            m.__class__ = FusedBatchNormAct2d
-            m.fused_backend = backend
-    return module
+    return swap_classes(module, lambda m: FusedBatchNormAct2d if type(m) is BatchNormAct2d else None,
+                        fused_backend=backend)

@@ -20,6 +20,7 @@ from timm.models.efficientvit_msra import ConvNorm
 from vitzoo.ops._weight_cache import cached_or_built
 
 from ._batch_norm_act import FusedBatchNormAct2d
+from ._swap import swap_classes
 
 __all__ = ["conv_bn", "folded_conv_bn", "bn_affine", "autocast_dtype", "foldable_bn_act", "folding_allowed",
            "FoldingConvNorm", "fold_conv_norms"]
@@ -98,7 +99,4 @@ def fold_conv_norms(module: nn.Module) -> nn.Module:
     """Make every timm ``ConvNorm`` inside ``module`` (built by timm's own blocks, e.g. PatchEmbedding) a
     :class:`FoldingConvNorm`: a subclass that only overrides ``forward``, so parameters and state dict stay as
     they are."""
-    for m in module.modules():
-        if type(m) is ConvNorm:
-            m.__class__ = FoldingConvNorm
-    return module
+    return swap_classes(module, lambda m: FoldingConvNorm if type(m) is ConvNorm else None)

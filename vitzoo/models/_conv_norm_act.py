@@ -25,6 +25,7 @@ from vitzoo.ops import conv2d_bias_relu
 
 from ._batch_norm_act import FusedBatchNormAct2d
 from ._conv_bn import autocast_dtype, foldable_bn_act, folded_conv_bn, folding_allowed
+from ._swap import swap_classes
 
 __all__ = ["FusedConvNormAct", "FusedBottleneckBlock", "FusedSelfAttnBlock", "fuse_conv_norm_acts"]
 
@@ -74,11 +75,14 @@ class FusedConvNormAct(ConvNormAct):
         return _conv_norm_relu(self, x)
 
 
-class FusedBottleneckBlock(BottleneckBlock):
-    """timm's ByobNet ``BottleneckBlock``; inference runs ``relu(conv3_1x1(x) + shortcut)`` as one fused conv,
-    training runs ``relu(bn3(.) + shortcut)`` as one BatchNorm op."""
+class _FusedTail:
+    """The forward of a ByobNet block whose tail is ``relu(conv3_1x1(body(x)) + shortcut)``: inference runs the tail
+    as one fused conv, training as conv3 then one BatchNorm op, anything else timm's forward."""
 
     fused: Optional[bool] = None
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _fused_active(self, x):
@@ -88,25 +92,21 @@ class FusedBottleneckBlock(BottleneckBlock):
         else:
             return super().forward(x)
         shortcut = None if self.shortcut is None else self.shortcut(x)  # None: a block without shortcut
-        x = self.attn(self.conv2b_kxk(self.conv2_kxk(self.conv1_1x1(x))))
-        return tail(self.conv3_1x1, x, shortcut)
+        return tail(self.conv3_1x1, self._body(x), shortcut)
 
 
-class FusedSelfAttnBlock(SelfAttnBlock):
-    """timm's ByobNet ``SelfAttnBlock`` (HaloNet's halo blocks); inference fuses the tail as the bottleneck does."""
+class FusedBottleneckBlock(_FusedTail, BottleneckBlock):
+    """timm's ByobNet ``BottleneckBlock`` with the fused tail."""
 
-    fused: Optional[bool] = None
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.conv2b_kxk(self.conv2_kxk(self.conv1_1x1(x))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fused_active(self, x):
-            tail = _conv_norm_relu
-        elif self.training and _tail_trains_fused(self, x):
-            tail = _conv_bn_add_relu_train
-        else:
-            return super().forward(x)
-        shortcut = None if self.shortcut is None else self.shortcut(x)
-        x = self.post_attn(self.self_attn(self.conv2_kxk(self.conv1_1x1(x))))
-        return tail(self.conv3_1x1, x, shortcut)
+
+class FusedSelfAttnBlock(_FusedTail, SelfAttnBlock):
+    """timm's ByobNet ``SelfAttnBlock`` (HaloNet's halo blocks) with the fused tail."""
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post_attn(self.self_attn(self.conv2_kxk(self.conv1_1x1(x))))
 
 
 def _tail_fusable(block: nn.Module) -> bool:
@@ -115,17 +115,15 @@ def _tail_fusable(block: nn.Module) -> bool:
             and isinstance(getattr(block, "attn_last", nn.Identity()), nn.Identity))
 
 
+def _fused_class(m: nn.Module) -> Optional[type]:
+    if _foldable(m, nn.ReLU):
+        return FusedConvNormAct
+    if type(m) in (BottleneckBlock, SelfAttnBlock) and _tail_fusable(m):
+        return FusedBottleneckBlock if type(m) is BottleneckBlock else FusedSelfAttnBlock
+    return None
+
+
 def fuse_conv_norm_acts(module: nn.Module, fused: Optional[bool] = None) -> nn.Module:
     """Make every foldable ``ConvNormAct`` (BN + ReLU), ``BottleneckBlock`` and ``SelfAttnBlock`` inside ``module`` its
     fused subclass (only ``forward`` differs: parameters and state dict unchanged). ``fused``: None = on CUDA only."""
-    for m in module.modules():
-        if _foldable(m, nn.ReLU):
-            m.__class__ = FusedConvNormAct
-        elif type(m) is BottleneckBlock and _tail_fusable(m):
-            m.__class__ = FusedBottleneckBlock
-        elif type(m) is SelfAttnBlock and _tail_fusable(m):
-            m.__class__ = FusedSelfAttnBlock
-        else:
-            continue
-        m.fused = fused
-    return module
+    return swap_classes(module, _fused_class, fused=fused)

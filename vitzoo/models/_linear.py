@@ -19,6 +19,7 @@ from torch import nn
 from vitzoo.ops import linear
 
 from ._step_kernels import graph_step_kernels_enabled
+from ._swap import swap_classes
 
 __all__ = ["Linear", "convert_linears", "FAST_LINEAR"]
 
@@ -38,7 +39,4 @@ def convert_linears(module: nn.Module) -> nn.Module:
     """Make every plain ``nn.Linear`` in ``module`` (``module`` included; subclasses are left alone) a :class:`Linear`,
     in place; returns ``module``. The class adds no state, so each module keeps its parameters, hooks and flags, and
     the state_dict is unchanged."""
-    for m in module.modules():
-        if type(m) is nn.Linear:
-            m.__class__ = Linear
-    return module
+    return swap_classes(module, lambda m: Linear if type(m) is nn.Linear else None)

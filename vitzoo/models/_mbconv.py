@@ -31,6 +31,7 @@ from vitzoo.ops._backend import resolve_backend
 from vitzoo.ops._weight_cache import cached_or_built
 
 from ._conv_bn import autocast_dtype, bn_affine, foldable_bn_act, folding_allowed
+from ._swap import swap_classes
 
 __all__ = ["FusedMbConvBlock", "fuse_mbconv_blocks", "fusable"]
 
@@ -117,8 +118,5 @@ class FusedMbConvBlock(MbConvBlock):
 def fuse_mbconv_blocks(module: nn.Module, backend: str = "auto") -> nn.Module:
     """Make every fusable timm ``MbConvBlock`` inside ``module`` a :class:`FusedMbConvBlock` (a subclass that only
     overrides ``forward``: parameters and state dict unchanged) running its fused kernels on ``backend``."""
-    for m in module.modules():
-        if type(m) is MbConvBlock and fusable(m):
-            m.__class__ = FusedMbConvBlock
-            m.fused_backend = backend
-    return module
+    return swap_classes(module, lambda m: FusedMbConvBlock if type(m) is MbConvBlock and fusable(m) else None,
+                        fused_backend=backend)

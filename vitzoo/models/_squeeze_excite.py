@@ -15,6 +15,7 @@ from timm.layers import SEModule
 from vitzoo.ops import squeeze_excite
 
 from ._step_kernels import fused_training_enabled
+from ._swap import swap_classes
 
 __all__ = ["FusedSEModule", "fuse_se_modules"]
 
@@ -39,8 +40,4 @@ class FusedSEModule(SEModule):
 def fuse_se_modules(module: nn.Module, backend: str = "auto") -> nn.Module:
     """Make every timm ``SEModule`` inside ``module`` a :class:`FusedSEModule` (a subclass that only overrides
     ``forward``: parameters and state dict unchanged) running the fused op on ``backend``."""
-    for m in module.modules():
-        if type(m) is SEModule:
-            m.__class__ = FusedSEModule
-            m.fused_backend = backend
-    return module
+    return swap_classes(module, lambda m: FusedSEModule if type(m) is SEModule else None, fused_backend=backend)

@@ -31,6 +31,7 @@ from timm.models.maxxvit import Downsample2d
 from vitzoo.ops import depthwise_conv2d, same_padding
 
 from ._step_kernels import fused_training_enabled
+from ._swap import swap_classes
 
 __all__ = ["PadFreeConv2dSame", "ConvDownsample2d", "same_conv2d", "fuse_tf_same"]
 
@@ -107,13 +108,7 @@ def fuse_tf_same(module: nn.Module, pad_free: Optional[bool] = None, backend: st
     """Make every timm ``Conv2dSame`` (dilation 1) and every MaxViT average-pool ``Downsample2d`` inside ``module``
     its pad-free subclass (only ``forward`` differs: parameters and state dict unchanged); ``backend`` runs the
     depthwise op."""
-    for m in module.modules():
-        if type(m) is Conv2dSame and m.dilation == (1, 1):
-            m.__class__ = PadFreeConv2dSame
-            m.fused_backend = backend
-        elif type(m) is Downsample2d and _avg2_same(m):
-            m.__class__ = ConvDownsample2d
-        else:
-            continue
-        m.pad_free = pad_free
-    return module
+    swap_classes(module, lambda m: PadFreeConv2dSame if type(m) is Conv2dSame and m.dilation == (1, 1) else None,
+                 pad_free=pad_free, fused_backend=backend)
+    return swap_classes(module, lambda m: ConvDownsample2d if type(m) is Downsample2d and _avg2_same(m) else None,
+                        pad_free=pad_free)

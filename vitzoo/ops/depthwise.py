@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from .biased import common_dtype
 from .conv_act import _check_padding
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_torch"]
@@ -47,12 +48,6 @@ def depthwise_conv2d_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     """Pure-torch reference of :func:`depthwise_conv2d` (timm's ``Conv2dSame`` computation)."""
     top, bottom, left, right = _check(x, weight, bias, stride, padding)
     return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride, groups=x.shape[1])
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type) and x.dtype in _DTYPES:
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
@@ -122,4 +117,5 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if resolve_backend(backend, x, weight, bias, op="depthwise_conv2d", unsupported_reason=unsupported) != "triton":
         top, bottom, left, right = padding
         return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride, groups=x.shape[1])
-    return _DepthwiseConv2d.apply(x, weight, bias, stride, padding, _compute_dtype(x))
+    # the dtype F.conv2d computes in: autocast's where it applies, else x's (fp16 / bf16 / fp32 here)
+    return _DepthwiseConv2d.apply(x, weight, bias, stride, padding, common_dtype(x))

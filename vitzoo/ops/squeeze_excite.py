@@ -43,21 +43,26 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def _gate_multiply(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x * gate`` (gate (B, C, 1, 1)) in one pass on a dense channels_last map; returns a channels_last map."""
+    from ..kernels.channel_scale import channel_scale
+
+    batch, channels, height, width = x.shape
+    y = channel_scale(_nhwc(x), gate.flatten(1))
+    return y.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
 class _SqueezeExcite(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, gate_fn, *params):
-        from ..kernels.channel_scale import channel_scale
-
         with torch.no_grad():
             pooled = x.mean((2, 3), keepdim=True)
             gate = gate_fn(pooled)
-        y = channel_scale(_nhwc(x), gate.flatten(1))
         ctx.gate_fn = gate_fn
         ctx.save_for_backward(x, pooled, gate, *params)
-        batch, channels, height, width = x.shape
-        return y.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return _gate_multiply(x, gate)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -115,8 +120,4 @@ def squeeze_excite(x: torch.Tensor, gate_fn: GateFn, params: Sequence[torch.Tens
         return squeeze_excite_torch(x, gate_fn)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _SqueezeExcite.apply(x, gate_fn, *params)
-    from ..kernels.channel_scale import channel_scale
-
-    batch, channels, height, width = x.shape
-    gate = gate_fn(x.mean((2, 3), keepdim=True))
-    return channel_scale(_nhwc(x), gate.flatten(1)).view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return _gate_multiply(x, gate_fn(x.mean((2, 3), keepdim=True)))
