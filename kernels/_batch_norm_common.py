@@ -8,9 +8,9 @@ Layout: a 4-D map (N, C, H, W) with H and W mergeable is read as rows m = n * L 
 
 Activations: ``kernels/_activation.py``.
 
-Untuned tiles (autotuning off, the model benchmarks' setting): per kernel a rule on C, the H100 autotuner's winners
-at HaloNet-26t's 31 norms (batch 128, bf16, channels_last; kernels/README.md, "Sixteenth run"): narrow maps
-(C <= 32) take 32-channel tiles of 128 rows, wide ones 128 or 256 channels of few rows.
+Untuned tiles (autotuning off, the model benchmarks' setting): per kernel a rule on C, the H100's winners at
+HaloNet-26t's 31 norms (batch 128, bf16, channels_last; kernels/README.md, "Sixteenth run" for the elementwise
+kernels, "Seventeenth run" for the reductions, timed in CUDA graphs).
 """
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ import triton.language as tl
 
 
 __all__ = ["map_strides", "row_uniform", "check_same_rows", "row_offsets", "untuned_tile", "tile_configs",
-           "interpret_config", "load_stats", "ELEMENTWISE_TILES", "REDUCTION_TILES", "WIDEST_REDUCTION_BLOCK_C"]
+           "interpret_config", "load_stats", "mask_byte", "mask_strides", "pack_positive_bits", "positive_bit",
+           "ELEMENTWISE_TILES", "REDUCTION_TILES", "MASK_BITS", "MASK_BITS_C"]
 
 INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter: several tiles per chunk on tiny maps
 # (BLOCK_M rows, BLOCK_C channels, warps) autotuned; the untuned pick is each kernel's rule (``untuned_tile``)
 ELEMENTWISE_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
-REDUCTION_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8))
-WIDEST_REDUCTION_BLOCK_C = max(c for _, c, _ in REDUCTION_TILES)
+REDUCTION_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8), (32, 64, 2),
+                   (64, 32, 2))
 @triton.jit
 def row_offsets(rows, L, stride_n, stride_l, ROW_UNIFORM: tl.constexpr):
     """int64 element offsets of rows m = n * L + l (module docstring)."""
@@ -65,9 +66,10 @@ def check_same_rows(kernel: str, *maps: Optional[torch.Tensor]) -> None:
                          f"{[(tuple(t.shape), t.stride()) for t in given]}")
 
 
-def tile_configs(tiles, num_stages: int):
-    """Autotune configs of (BLOCK_M, BLOCK_C, warps) tiles; 2 stages for the streaming reductions, 1 elementwise."""
-    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=num_stages)
+def tile_configs(tiles):
+    """Autotune configs of (BLOCK_M, BLOCK_C, warps) tiles, 1 stage: the reductions prefetch their next tile by hand
+    (Triton's pipeliner left these loops alone: 2 stages timed the same on the H100)."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=warps, num_stages=1)
             for m, c, warps in tiles]
 
 
@@ -93,3 +95,40 @@ def untuned_tile(configs, channels: int, rule: Callable[[int], Tuple[int, int, i
         if (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_C"], config.num_warps) == want:
             return config
     return configs[0]
+
+
+# ReLU masks of the block tails (``z_from="relu_mask"``): bit c % 8 of byte (m, c // 8) of a uint8 (M, C / 8) map says
+# whether z > 0 at row m, channel c; 1/16 of a bf16 map's bytes, read instead of the output in the backward
+MASK_BITS = 8
+MASK_BITS_C = tl.constexpr(MASK_BITS)  # the same, for the kernels (a plain global does not compile)
+
+
+@triton.jit
+def pack_positive_bits(z, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """[BLOCK_M, BLOCK_C / 8] uint8: the bits of ``z > 0`` for 8 consecutive channels per byte (BLOCK_C % 8 == 0)."""
+    positive = tl.reshape((z > 0.0).to(tl.int32), [BLOCK_M, BLOCK_C // MASK_BITS_C, MASK_BITS_C])
+    return tl.sum(positive << tl.arange(0, MASK_BITS_C)[None, None, :], axis=2).to(tl.uint8)
+
+
+@triton.jit
+def mask_byte(cs64):
+    """The byte of a packed mask row that holds channel ``cs64``."""
+    return cs64 // MASK_BITS_C
+
+
+def mask_strides(mask: torch.Tensor, x: torch.Tensor, kernel: str) -> Tuple[int, int, int]:
+    """(stride_n, stride_l, stride_c) that address a packed ReLU mask of x (uint8 (N * H * W, C / 8), rows in x's row
+    order) through ``row_offsets``; ValueError when it is not that."""
+    batch, channels, height, width = x.shape
+    want = (batch * height * width, channels // MASK_BITS)
+    if channels % MASK_BITS or mask.dtype != torch.uint8 or tuple(mask.shape) != want or not mask.is_contiguous():
+        raise ValueError(f"{kernel}: a relu_mask must be a contiguous uint8 tensor of shape {want} (C % "
+                         f"{MASK_BITS} == 0), got {mask.dtype} {tuple(mask.shape)} for x of shape {tuple(x.shape)}")
+    return height * width * want[1], want[1], 0
+
+
+@triton.jit
+def positive_bit(byte, cs):
+    """Whether channel ``cs`` was positive, from its byte of a packed mask loaded per element (8 lanes load one byte:
+    one memory transaction, no unpacking shuffle)."""
+    return ((byte.to(tl.int32) >> (cs % MASK_BITS_C)[None, :]) & 1) != 0

@@ -30,9 +30,10 @@ def sm_count(device: torch.device) -> int:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def row_programs(rows: int, channel_blocks: int, device: torch.device, interpret: bool) -> Tuple[int, int]:
+def row_programs(rows: int, channel_blocks: int, device: torch.device, interpret: bool,
+                 programs_per_sm: int = PROGRAMS_PER_SM) -> Tuple[int, int]:
     """(row-chunk programs, rows per program) of a reduction grid (programs x channel_blocks): about
-    ``PROGRAMS_PER_SM`` programs per SM in all, no chunk empty."""
-    target = INTERPRET_PROGRAMS if interpret else max(1, PROGRAMS_PER_SM * sm_count(device) // channel_blocks)
+    ``programs_per_sm`` programs per SM in all, no chunk empty."""
+    target = INTERPRET_PROGRAMS if interpret else max(1, programs_per_sm * sm_count(device) // channel_blocks)
     per_program = cdiv(rows, max(1, min(target, rows)))
     return cdiv(rows, per_program), per_program

@@ -21,7 +21,7 @@ from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, interpret_c
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
-from .batch_norm_act_bwd_reduce import Z_SOURCES, grad_z
+from .batch_norm_act_bwd_reduce import Z_SOURCES, grad_z, src_map_strides, src_offsets
 
 __all__ = ["batch_norm_act_bwd"]
 
@@ -31,7 +31,7 @@ def _untuned(configs, args):
                         lambda c: (128, 32, 4) if c <= 32 else ((32, 128, 4) if c <= 128 else (16, 256, 4)))
 
 
-@triton.autotune(configs=tile_configs(ELEMENTWISE_TILES, 1),
+@triton.autotune(configs=tile_configs(ELEMENTWISE_TILES),
                  key=["C", "ACT", "Z_FROM", "HAS_DRES", "ROW_UNIFORM"],
                  prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
@@ -61,8 +61,8 @@ def _batch_norm_act_bwd_kernel(
         gain = invstd * tl.load(WEIGHT + cs, mask=c_ok, other=0.0).to(tl.float32)
     offs_dy = row_offsets(rows, L, stride_dyn, stride_dyl, ROW_UNIFORM)[:, None] + (cs64 * stride_dyc)[None, :]
     offs_x = row_offsets(rows, L, stride_xn, stride_xl, ROW_UNIFORM)[:, None] + (cs64 * stride_xc)[None, :]
-    offs_src = row_offsets(rows, L, stride_sn, stride_sl, ROW_UNIFORM)[:, None] + (cs64 * stride_sc)[None, :]
-    dz, x = grad_z(DY, X, SRC, offs_dy, offs_x, offs_src, mask, mean, scale, beta, ACT, Z_FROM)
+    offs_src = src_offsets(rows, cs64, L, stride_sn, stride_sl, stride_sc, ROW_UNIFORM, Z_FROM)
+    dz, x = grad_z(DY, X, SRC, offs_dy, offs_x, offs_src, mask, cs, mean, scale, beta, ACT, Z_FROM)
     xhat = (x - mean[None, :]) * invstd[None, :]
     dx = (dz - mean_dz[None, :] - xhat * mean_dz_xhat[None, :]) * gain[None, :]
     offs_dx = row_offsets(rows, L, stride_dxn, stride_dxl, ROW_UNIFORM)[:, None] + (cs64 * stride_dxc)[None, :]
@@ -80,7 +80,8 @@ def batch_norm_act_bwd(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, s
     if act not in ACTIVATIONS or z_from not in Z_SOURCES:
         raise ValueError(f"batch_norm_act_bwd: act must be one of {ACTIVATIONS} and z_from one of {Z_SOURCES}, "
                          f"got {act!r}, {z_from!r}")
-    check_same_rows("batch_norm_act_bwd", dy, x, src)
+    check_same_rows("batch_norm_act_bwd", dy, x, None if z_from == "relu_mask" else src)
+    src_strides = src_map_strides("batch_norm_act_bwd", src, x, z_from)
     batch, channels, height, width = x.shape
     rows = batch * height * width
     dx = torch.empty_like(x)
@@ -92,7 +93,7 @@ def batch_norm_act_bwd(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, s
         return (cdiv(rows, meta["BLOCK_M"]), cdiv(channels, meta["BLOCK_C"]))
 
     launch(_batch_norm_act_bwd_kernel, grid, dy, x, src, stats, sums, weight if weight is not None else stats, dx,
-           dres if dres is not None else dx, *map_strides(dy), *map_strides(x), *map_strides(src), *map_strides(dx),
+           dres if dres is not None else dx, *map_strides(dy), *map_strides(x), *src_strides, *map_strides(dx),
            *map_strides(dres if dres is not None else dx), stats.stride(0), sums.stride(0), height * width, rows,
            channels, ACT=act, Z_FROM=z_from, HAS_WEIGHT=weight is not None, HAS_DRES=dres is not None,
            ROW_UNIFORM=row_uniform(x))

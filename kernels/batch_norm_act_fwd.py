@@ -9,15 +9,15 @@ shortcut and one write do). ``mean``, ``scale`` and ``beta`` come from the batch
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS, apply_act
-from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, interpret_config, map_strides, row_offsets,
-                                 row_uniform, tile_configs, untuned_tile)
+from ._batch_norm_common import (ELEMENTWISE_TILES, MASK_BITS, MASK_BITS_C, check_same_rows, interpret_config,
+                                 map_strides, pack_positive_bits, row_offsets, row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
@@ -31,17 +31,17 @@ def _untuned(configs, args):
                         lambda c: (128, 32, 4) if c <= 32 else ((64, 128, 8) if c <= 64 else (16, 256, 4)))
 
 
-@triton.autotune(configs=tile_configs(ELEMENTWISE_TILES, 1), key=["C", "ACT", "HAS_RESIDUAL", "ROW_UNIFORM"],
+@triton.autotune(configs=tile_configs(ELEMENTWISE_TILES), key=["C", "ACT", "HAS_RESIDUAL", "WRITE_MASK", "ROW_UNIFORM"],
                  prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_act_fwd_kernel(
-    X, RES, Y, STATS,  # STATS: (4, C) fp32 mean, invstd, scale, beta
+    X, RES, Y, STATS, MASK,  # STATS: (4, C) fp32 mean, invstd, scale, beta; MASK: packed z > 0 (WRITE_MASK)
     stride_xn, stride_xl, stride_xc,
     stride_rn, stride_rl, stride_rc,
     stride_yn, stride_yl, stride_yc,
     stride_s,
     L, M, C,
-    ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROW_UNIFORM: tl.constexpr,
+    ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WRITE_MASK: tl.constexpr, ROW_UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -59,13 +59,19 @@ def _batch_norm_act_fwd_kernel(
         z += tl.load(RES + r_offs, mask=mask, other=0.0).to(tl.float32)
     y_offs = row_offsets(rows, L, stride_yn, stride_yl, ROW_UNIFORM)[:, None] + (cs64 * stride_yc)[None, :]
     tl.store(Y + y_offs, apply_act(z, ACT).to(Y.dtype.element_ty), mask=mask)
+    if WRITE_MASK:  # bit c % 8 of byte (m, c // 8): z > 0 (C % 8 == 0, checked by the launcher)
+        bytes_ = tl.program_id(1) * (BLOCK_C // MASK_BITS_C) + tl.arange(0, BLOCK_C // MASK_BITS_C)
+        m_offs = rows.to(tl.int64)[:, None] * (C // MASK_BITS_C) + bytes_[None, :]
+        m_ok = (rows < M)[:, None] & (bytes_ < C // MASK_BITS_C)[None, :]
+        tl.store(MASK + m_offs, pack_positive_bits(z, BLOCK_M, BLOCK_C), mask=m_ok)
 
 
-def batch_norm_act_fwd(x: torch.Tensor, stats: torch.Tensor, act: str,
-                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """y = act((x - stats[0]) * stats[2] + stats[3] [+ residual]) per channel. x, residual: (N, C, H, W) with H, W
-    mergeable and the same strides (checked by the op layer); stats: (4, C) fp32 (``batch_norm_stats_merge``). y:
-    like x (same strides and dtype)."""
+def batch_norm_act_fwd(x: torch.Tensor, stats: torch.Tensor, act: str, residual: Optional[torch.Tensor] = None,
+                       relu_mask: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(y, mask): y = act((x - stats[0]) * stats[2] + stats[3] [+ residual]) per channel. x, residual: (N, C, H, W)
+    with H, W mergeable and the same strides (checked by the op layer); stats: (4, C) fp32
+    (``batch_norm_stats_merge``). y: like x (same strides and dtype). mask (``relu_mask=True``, C a multiple of 8):
+    the packed bits of ``z > 0``, uint8 (N * H * W, C / 8) (``_batch_norm_common.py``); else None."""
     if act not in ACTIVATIONS:
         raise ValueError(f"batch_norm_act_fwd: act must be one of {ACTIVATIONS}, got {act!r}")
     batch, channels, height, width = x.shape
@@ -74,11 +80,16 @@ def batch_norm_act_fwd(x: torch.Tensor, stats: torch.Tensor, act: str,
     check_same_rows("batch_norm_act_fwd", x, residual, y)
     xs, ys = map_strides(x), map_strides(y)
     rs = map_strides(residual) if residual is not None else xs
+    mask = None
+    if relu_mask:
+        if channels % MASK_BITS:
+            raise ValueError(f"batch_norm_act_fwd: relu_mask needs C divisible by {MASK_BITS}, got C = {channels}")
+        mask = torch.empty((rows, channels // MASK_BITS), device=x.device, dtype=torch.uint8)
 
     def grid(meta):
         return (cdiv(rows, meta["BLOCK_M"]), cdiv(channels, meta["BLOCK_C"]))
 
-    launch(_batch_norm_act_fwd_kernel, grid, x, residual if residual is not None else x, y, stats, *xs, *rs, *ys,
-           stats.stride(0), height * width, rows, channels, ACT=act, HAS_RESIDUAL=residual is not None,
-           ROW_UNIFORM=row_uniform(x))
-    return y
+    launch(_batch_norm_act_fwd_kernel, grid, x, residual if residual is not None else x, y, stats,
+           mask if mask is not None else y, *xs, *rs, *ys, stats.stride(0), height * width, rows, channels, ACT=act,
+           HAS_RESIDUAL=residual is not None, WRITE_MASK=relu_mask, ROW_UNIFORM=row_uniform(x))
+    return y, mask

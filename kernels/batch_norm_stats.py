@@ -17,21 +17,40 @@ import torch
 import triton
 import triton.language as tl
 
-from ._batch_norm_common import (INTERPRET_BLOCKS, REDUCTION_TILES, WIDEST_REDUCTION_BLOCK_C, interpret_config,
+from ._batch_norm_common import (INTERPRET_BLOCKS, REDUCTION_TILES, interpret_config,
                                  map_strides, row_offsets, row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
-from ._row_chunks import row_programs
+from ._row_chunks import PROGRAMS_PER_SM, row_programs
 from ._tuning import interpreting, mode_pruner
 
 __all__ = ["batch_norm_stats"]
 
+# H100 winners at HaloNet-26t's 31 norms (kernels/README.md, "Seventeenth run"; timed in CUDA graphs): narrow maps
+# take (64, 32) tiles on 2 warps and 16 programs per SM, the rest (64, 64) on 4 warps and 4 per SM
+NARROW_C = 32
+NARROW_PROGRAMS_PER_SM = 16
+
+
+def _rule(channels: int):
+    """(BLOCK_M, BLOCK_C, num_warps) untuned (comment above)."""
+    return (64, 32, 2) if channels <= NARROW_C else (64, 64, 4)
+
+
 def _untuned(configs, args):
-    """H100 winners (``_batch_norm_common.py``): (128, 32) rows x channels up to C = 32, else (32, 128)."""
-    return untuned_tile(configs, args["C"], lambda c: (128, 32, 4) if c <= 32 else (32, 128, 4))
+    return untuned_tile(configs, args["C"], _rule)
 
 
-@triton.autotune(configs=tile_configs(REDUCTION_TILES, 2), key=["C", "ROWS_PER_PROGRAM", "ROW_UNIFORM"],
+@triton.jit
+def _load_tile(X, start, row_end, c_off, c_ok, L, stride_xn, stride_xl, ROW_UNIFORM: tl.constexpr,
+               BLOCK_M: tl.constexpr):
+    """The [BLOCK_M, BLOCK_C] tile of rows from ``start`` (0 past ``row_end``), in x's dtype."""
+    rows = start + tl.arange(0, BLOCK_M)
+    offs = row_offsets(rows, L, stride_xn, stride_xl, ROW_UNIFORM)
+    return tl.load(X + offs[:, None] + c_off[None, :], mask=(rows < row_end)[:, None] & c_ok[None, :], other=0.0)
+
+
+@triton.autotune(configs=tile_configs(REDUCTION_TILES), key=["C", "ROWS_PER_PROGRAM", "ROW_UNIFORM"],
                  prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_stats_kernel(
@@ -51,11 +70,13 @@ def _batch_norm_stats_kernel(
     shift = tl.load(X + first[:, None] + c_off[None, :], mask=c_ok[None, :], other=0.0).to(tl.float32)
     sum1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     sum2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    x_next = _load_tile(X, row_start, row_end, c_off, c_ok, L, stride_xn, stride_xl, ROW_UNIFORM, BLOCK_M)
     for start in range(row_start, row_end, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        mask = (rows < row_end)[:, None] & c_ok[None, :]
-        offs = row_offsets(rows, L, stride_xn, stride_xl, ROW_UNIFORM)
-        x = tl.load(X + offs[:, None] + c_off[None, :], mask=mask, other=0.0).to(tl.float32)
+        # software prefetch: the next tile's loads are in flight while this one is summed (a streaming reduction is
+        # latency-bound with one tile per program in flight)
+        x = x_next.to(tl.float32)
+        x_next = _load_tile(X, start + BLOCK_M, row_end, c_off, c_ok, L, stride_xn, stride_xl, ROW_UNIFORM, BLOCK_M)
+        mask = ((start + tl.arange(0, BLOCK_M)) < row_end)[:, None] & c_ok[None, :]
         d = tl.where(mask, x - shift, 0.0)
         sum1 += d
         sum2 += d * d
@@ -78,9 +99,10 @@ def batch_norm_stats(x: torch.Tensor) -> tuple:
     if rows == 0 or channels == 0:
         raise ValueError(f"batch_norm_stats: x must not be empty, got shape {tuple(x.shape)}")
     interpret = interpreting() or x.device.type != "cuda"
-    # the channel grid depends on the tile; the row chunking is fixed first from the widest channel block
-    channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else WIDEST_REDUCTION_BLOCK_C)
-    programs, per_program = row_programs(rows, channel_blocks, x.device, interpret)
+    # the row chunking is fixed from the untuned tile (autotuning may then pick another channel block)
+    channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else _rule(channels)[1])
+    programs, per_program = row_programs(rows, channel_blocks, x.device, interpret,
+                                         NARROW_PROGRAMS_PER_SM if channels <= NARROW_C else PROGRAMS_PER_SM)
     parts = torch.empty((2, programs, channels), device=x.device, dtype=torch.float32)
     stride_n, stride_l, stride_c = map_strides(x)
 

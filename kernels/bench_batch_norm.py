@@ -8,6 +8,8 @@ Implementations (all start from the same bf16 map and fp32 parameters, running s
 * ``vitzoo_triton``: :func:`vitzoo.ops.batch_norm_act`;
 * ``torch``: ``F.batch_norm``, ``+ residual``, the activation (in place for ReLU, as timm's blocks do);
 * ``torch_compile`` (full runs only): ``torch.compile`` of the torch form (Inductor's fused reductions).
+
+Plus the fused stem end (``vitzoo.ops.batch_norm_act_max_pool``) at HaloNet-26t's stem against BN + ReLU + max pool.
 """
 from __future__ import annotations
 
@@ -71,6 +73,43 @@ def run(quick: bool = False) -> List[dict]:
                                   dtype="bf16", floor_ms=floor))
         del x, res, grad
         torch.cuda.empty_cache()
+    return rows + run_pool(quick)
+
+
+POOL_CASE = ("halonet26t_stem_pool_64_128", 64, 128, (3, 2, 1))  # the stem's last norm + ReLU + 3x3/2 max pool
+
+
+def run_pool(quick: bool) -> List[dict]:
+    """The fused stem end ``max_pool2d(relu(bn(x)))`` against timm's BatchNormAct2d + MaxPool2d (torch), forward
+    and forward + backward; floor: x read twice, the pooled map written once."""
+    from vitzoo.ops import batch_norm_act_max_pool
+
+    case, channels, size, pool = POOL_CASE
+    shape = (BATCH, channels, size, size)
+    x = torch.randn(shape, device="cuda").mul_(2).add_(1).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = (1 + 0.1 * torch.randn(channels, device="cuda")).requires_grad_(True)
+    b = (0.1 * torch.randn(channels, device="cuda")).requires_grad_(True)
+    out_size = (size + 2 * pool[2] - pool[0]) // pool[1] + 1
+    grad = torch.randn(BATCH, channels, out_size, out_size, device="cuda", dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    floor = hbm_floor_ms((2 * x.numel() + grad.numel()) * x.element_size())
+
+    def ours(x, w, b, mean, var):
+        return batch_norm_act_max_pool(x, w, b, mean, var, MOMENTUM, EPS, "relu", *pool)
+
+    def torch_form(x, w, b, mean, var):
+        return F.max_pool2d(F.relu_(F.batch_norm(x, mean, var, w, b, True, MOMENTUM, EPS)), *pool)
+
+    impls = [("vitzoo_triton", ours), ("torch", torch_form)]
+    if not quick:
+        impls.append(("torch_compile", torch.compile(torch_form, dynamic=False)))
+    rows = []
+    for impl, fn in impls:
+        mean, var = torch.zeros(channels, device="cuda"), torch.ones(channels, device="cuda")
+        fwd: Callable[[], torch.Tensor] = lambda fn=fn, mean=mean, var=var: fn(x, w, b, mean, var)  # noqa: E731
+        rows.append(timed_row(PATTERN, case, impl, fwd, grad, [x, w, b], f"shape={shape} relu max_pool{pool}",
+                              dtype="bf16", floor_ms=floor))
     return rows
 
 

@@ -1,7 +1,12 @@
 """GPU correctness of the training BatchNorm + residual + activation op (``batch_norm_*.py`` kernels) in bf16 /
 fp16 / fp32 against float64, at HaloNet-26t's and MaxViT-T's map shapes (channels_last) plus odd NCHW maps: the
 output, the input / weight / bias / residual gradients and the updated running statistics. Rule: error <= 2 x torch's
-own error in the same dtype (``F.batch_norm`` + add + activation on the same inputs) + a small floor."""
+own error in the same dtype (``F.batch_norm`` + add + activation on the same inputs) + a small floor.
+
+The fused stem end ``batch_norm_act_max_pool`` is checked against the same op followed by torch's ``max_pool2d``
+in the same dtype (the pooled map and its argmax bit for bit, the gradients within a rounding: bf16 window maxima
+are often near-ties, and float64 would pick other taps in torch's computation as in ours), and in fp32 against
+float64 by the rule above."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -80,4 +85,57 @@ def run() -> List[Dict]:
                 err, ref_err = rel_err(g, e), rel_err(r, e)
                 ok = bool(err <= 2 * ref_err + FLOOR[dtype] and g.dtype == r.dtype)
                 rows.append(row(PATTERN, case, name, dtype=str(dtype)[6:], err=err, ref_err=ref_err, ok=ok))
+    return rows + run_pool()
+
+
+# (case, N, C, H, W, act, (kernel_size, stride, padding), channels_last): HaloNet-26t's stem end, an odd NCHW map
+POOL_CASES = (("halonet26t_stem_pool_64_128", 16, 64, 128, 128, "relu", (3, 2, 1), True),
+              ("odd_nchw_pool_silu_20_15x13", 4, 20, 15, 13, "silu", (3, 2, 1), False),
+              ("odd_cl_pool_none_2x2_24_9x10", 6, 24, 9, 10, "none", (2, 2, 0), True))
+SAME_DTYPE_TOL = 1e-5  # the fused op against op + max_pool2d in the same dtype: the same z, taps and sums
+
+
+def run_pool() -> List[Dict]:
+    import torch.nn.functional as F
+
+    from vitzoo.ops import batch_norm_act, batch_norm_act_max_pool, batch_norm_act_max_pool_torch
+
+    names = ["out", "dx", "dweight", "dbias", "running_mean", "running_var"]
+    rows: List[Dict] = []
+    for case, batch, channels, height, width, act, pool, channels_last in POOL_CASES:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x64 = (torch.randn(batch, channels, height, width, device=DEVICE, dtype=torch.float64) * 2 + 1)
+        x64 = x64.contiguous(memory_format=fmt)
+        w = 1 + 0.2 * torch.randn(channels, device=DEVICE)
+        b = 0.2 * torch.randn(channels, device=DEVICE)
+        mean, var = torch.randn(channels, device=DEVICE), torch.rand(channels, device=DEVICE) + 0.5
+        pooled = batch_norm_act_max_pool_torch(x64, None, None, None, None, MOMENTUM, EPS, act, *pool)
+        grad64 = torch.randn_like(pooled)
+
+        def fused(x, w, b, mean, var, momentum, eps, act, _res):
+            return batch_norm_act_max_pool(x, w, b, mean, var, momentum, eps, act, *pool, backend="triton")
+
+        def composed(x, w, b, mean, var, momentum, eps, act, _res):
+            y = batch_norm_act(x, w, b, mean, var, momentum, eps, act, backend="triton")
+            return F.max_pool2d(y, *pool)
+
+        def torch_ref(x, w, b, mean, var, momentum, eps, act, _res):
+            return batch_norm_act_max_pool_torch(x, w, b, mean, var, momentum, eps, act, *pool)
+
+        exact = _run(torch_ref, x64, w.double(), b.double(), None, grad64, mean.double(), var.double(), act)
+        for dtype in DTYPES:
+            x, grad = x64.to(dtype), grad64.to(dtype)
+            got = _run(fused, x, w, b, None, grad, mean, var, act)
+            same = _run(composed, x, w, b, None, grad, mean, var, act)
+            for name, g, c in zip(names, got, same):
+                err = rel_err(g, c.double())
+                ok = bool(err <= SAME_DTYPE_TOL and g.dtype == c.dtype and (name != "out" or torch.equal(g, c)))
+                rows.append(row(PATTERN, case + "_vs_op_then_max_pool2d", name, dtype=str(dtype)[6:], err=err,
+                                ref_err=0.0, ok=ok))
+            if dtype == torch.float32:
+                ref = _run(torch_ref, x, w, b, None, grad, mean, var, act)
+                for name, g, r, e in zip(names, got, ref, exact):
+                    err, ref_err = rel_err(g, e), rel_err(r, e)
+                    ok = bool(err <= 2 * ref_err + FLOOR[dtype])
+                    rows.append(row(PATTERN, case, name, dtype="float32", err=err, ref_err=ref_err, ok=ok))
     return rows

@@ -1,6 +1,6 @@
-"""Lower the neighborhood- and routed-attention, LayerNorm, training-BatchNorm and MaxViT training-conv kernels to
-Triton IR for an sm_90 GPU, on the CPU (run by ``tests/test_kernel_sources.py`` in a subprocess without
-``TRITON_INTERPRET``).
+"""Lower the neighborhood- and routed-attention, LayerNorm, training-BatchNorm (and max-pool) and MaxViT
+training-conv kernels to Triton IR for an sm_90 GPU, on the CPU (run by ``tests/test_kernel_sources.py`` in a
+subprocess without ``TRITON_INTERPRET``).
 
 The CPU interpreter runs kernels with Python semantics, so code that the GPU compiler's front end rejects passes
 there: a plain global, a conditional expression on a constexpr (a constexpr object is always truthy), a ``tl.dot``
@@ -22,16 +22,17 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton._C.libtriton import ir  # noqa: E402
 
 from vitzoo.kernels import (_launch, batch_norm_act_bwd, batch_norm_act_bwd_reduce, batch_norm_act_fwd,  # noqa: E402
-                            batch_norm_stats, batch_norm_stats_merge, channel_dot, channel_scale,
-                            depthwise_conv_bwd_input, depthwise_conv_bwd_weight, layer_norm_bwd, layer_norm_fwd,
-                            neighborhood_bwd_dkdv, neighborhood_bwd_dq, neighborhood_bwd_dq_dense_bias,
-                            neighborhood_fwd, routed_bwd, routed_bwd_dq, routed_fwd, routed_inverse_index)
+                            batch_norm_act_max_pool_fwd, batch_norm_stats, batch_norm_stats_merge, channel_dot,
+                            channel_scale, depthwise_conv_bwd_input, depthwise_conv_bwd_weight, layer_norm_bwd,
+                            layer_norm_fwd, max_pool_bwd, neighborhood_bwd_dkdv, neighborhood_bwd_dq,
+                            neighborhood_bwd_dq_dense_bias, neighborhood_fwd, routed_bwd, routed_bwd_dq, routed_fwd,
+                            routed_inverse_index)
 from vitzoo.kernels.neighborhood_bwd_dq_dense_bias import DQ_BLOCK_M  # noqa: E402
 from vitzoo.ops._neighborhood_triton import _dq_tables  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
-           torch.int64: "*i64"}
+           torch.int64: "*i64", torch.uint8: "*u8"}
 
 
 def _signature(names, args, constexprs):
@@ -120,7 +121,7 @@ def lower_batch_norm() -> None:
         parts, per_program = batch_norm_stats.batch_norm_stats(x)
         stats = batch_norm_stats_merge.batch_norm_stats_merge(parts, batch * height * width, per_program, weight,
                                                               bias, mean, var, 0.1, 1e-5)
-        y = batch_norm_act_fwd.batch_norm_act_fwd(x, torch.zeros(4, channels), act, res)
+        y = batch_norm_act_fwd.batch_norm_act_fwd(x, torch.zeros(4, channels), act, res)[0]
         z_from = "none" if act == "none" else ("x_residual" if has_res else "x")
         src = res if z_from == "x_residual" else None
         batch_norm_act_bwd_reduce.batch_norm_act_bwd_reduce(y, x, stats, act, z_from, src)
@@ -129,6 +130,28 @@ def lower_batch_norm() -> None:
     relu_res = torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
     batch_norm_act_bwd_reduce.batch_norm_act_bwd_reduce(relu_res, relu_res, torch.zeros(4, 64), "relu", "output",
                                                         relu_res)
+    # a block tail: ReLU after the residual, the backward reads the forward's packed z > 0 bits
+    _, mask = batch_norm_act_fwd.batch_norm_act_fwd(relu_res, torch.zeros(4, 64), "relu", relu_res, relu_mask=True)
+    for module in (batch_norm_act_bwd_reduce, batch_norm_act_bwd):
+        fn = getattr(module, module.__name__.rsplit(".", 1)[1])
+        extra = (torch.zeros(2, 64), None, "relu", "relu_mask", mask) if module is batch_norm_act_bwd else (
+            "relu", "relu_mask", mask)
+        fn(relu_res, relu_res, torch.zeros(4, 64), *extra)
+
+
+def lower_max_pool() -> None:
+    """BatchNorm + act fused into max pooling and the pooling backward: channels_last and NCHW maps, the stem's
+    (3, 2, 1) and other (kernel, stride, padding); bf16 / fp16 / fp32 maps, gradients in another layout."""
+    # (N, C, H, W, dtype, channels_last, act, kernel, stride, padding)
+    cases = [(2, 64, 16, 16, torch.bfloat16, True, "relu", 3, 2, 1),
+             (2, 24, 9, 7, torch.float16, False, "none", 2, 2, 0),
+             (1, 100, 7, 7, torch.float32, True, "silu", 3, 1, 1)]
+    for batch, channels, height, width, dtype, channels_last, act, kernel, stride, padding in cases:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.zeros(batch, channels, height, width, dtype=dtype).contiguous(memory_format=fmt)
+        out, argmax = batch_norm_act_max_pool_fwd.batch_norm_act_max_pool_fwd(x, torch.zeros(4, channels), act,
+                                                                              kernel, stride, padding)
+        max_pool_bwd.max_pool_bwd(out.contiguous(), argmax, (height, width), kernel, stride, padding, x)
 
 
 def lower_conv_train() -> None:
@@ -150,12 +173,13 @@ def lower_conv_train() -> None:
 def main() -> None:
     for module in (channel_dot, channel_scale, depthwise_conv_bwd_input, depthwise_conv_bwd_weight,
                    batch_norm_stats, batch_norm_stats_merge, batch_norm_act_fwd, batch_norm_act_bwd_reduce,
-                   batch_norm_act_bwd, neighborhood_fwd, neighborhood_bwd_dq, neighborhood_bwd_dkdv,
-                   neighborhood_bwd_dq_dense_bias, routed_fwd, routed_bwd_dq, routed_bwd, routed_inverse_index,
-                   layer_norm_fwd, layer_norm_bwd):
+                   batch_norm_act_bwd, batch_norm_act_max_pool_fwd, max_pool_bwd, neighborhood_fwd,
+                   neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias, routed_fwd,
+                   routed_bwd_dq, routed_bwd, routed_inverse_index, layer_norm_fwd, layer_norm_bwd):
         module.launch = lower
     lower_layer_norm()
     lower_batch_norm()
+    lower_max_pool()
     lower_conv_train()
     lower_routed()
     # (B, H, W, heads, d, d_v, kernel, dilation, stride, rpb, bias, dtype)

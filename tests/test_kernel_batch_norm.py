@@ -12,7 +12,8 @@ import torch.nn as nn  # noqa: E402
 from timm.layers import BatchNormAct2d, GELUTanh  # noqa: E402
 
 from vitzoo.models._batch_norm_act import FusedBatchNormAct2d, fuse_batch_norm_acts  # noqa: E402
-from vitzoo.ops import batch_norm_act, batch_norm_act_torch  # noqa: E402
+from vitzoo.ops import (batch_norm_act, batch_norm_act_max_pool, batch_norm_act_max_pool_torch,  # noqa: E402
+                        batch_norm_act_torch)
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_empty")  # tests/conftest.py: unwritten outputs are NaN
 
@@ -44,6 +45,14 @@ def _rel(got, want):
     return float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
 
 
+def _assert_trains_like(ref: nn.Module, ours: nn.Module) -> None:
+    """Same parameter gradients and buffers (running statistics, num_batches_tracked) after a training step."""
+    for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+        assert _rel(b.grad, a.grad.double()) < 1e-4, name
+    for (name, a), b in zip(ref.named_buffers(), ours.buffers()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+
+
 # (N, C, H, W, layout, act, residual, affine, running, dtype)
 CASES = {
     "cl_relu_res_fp32": (3, 20, 5, 7, "channels_last", "relu", True, True, True, torch.float32),
@@ -53,6 +62,9 @@ CASES = {
     "cl_none_res_fp16": (2, 24, 6, 5, "channels_last", "none", True, True, True, torch.float16),
     "w1_column_relu_fp32": (5, 16, 9, 1, "channels_last", "relu", False, True, True, torch.float32),
     "one_image_gelu_tanh_fp16": (1, 17, 7, 8, "nchw", "gelu_tanh", True, True, True, torch.float16),
+    # ReLU after a residual with C % 8 == 0: the backward reads the forward's packed z > 0 bits
+    "cl_relu_res_mask_fp32": (3, 40, 5, 3, "channels_last", "relu", True, True, True, torch.float32),
+    "nchw_relu_res_mask_fp16": (2, 16, 3, 7, "nchw", "relu", True, False, True, torch.float16),
 }
 
 
@@ -114,6 +126,84 @@ def test_batch_norm_act_errors():
         batch_norm_act(x, None, None, None, None, backend="cuda")
 
 
+# (N, C, H, W, layout, act, (kernel_size, stride, padding), dtype)
+POOL_CASES = {
+    "stem_cl_relu_fp32": (2, 12, 9, 10, "channels_last", "relu", (3, 2, 1), torch.float32),
+    "nchw_silu_2x2_fp32": (3, 5, 6, 7, "nchw", "silu", (2, 2, 0), torch.float32),
+    "strided_none_s1_fp16": (2, 7, 5, 6, "strided", "none", (3, 1, 1), torch.float16),
+}
+
+
+@pytest.mark.parametrize("name", list(POOL_CASES))
+def test_batch_norm_act_max_pool_matches_float64(name):
+    """The fused stem end ``max_pool2d(act(bn(x)))``: pooled map, every gradient and the running statistics against
+    float64 torch (the pooled map within the BN's rounding; the window maxima are the same taps)."""
+    batch, channels, height, width, layout, act, pool, dtype = POOL_CASES[name]
+    x = _map((batch, channels, height, width), dtype, layout)
+    weight, bias = torch.rand(channels) + 0.5, torch.randn(channels)
+    running = (torch.randn(channels), torch.rand(channels) + 0.5)
+
+    def run(fn, x, weight, bias, running, **kw):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, bias)]
+        mean, var = running[0].clone(), running[1].clone()
+        out = fn(leaves[0], leaves[1], leaves[2], mean, var, 0.1, 1e-5, act, *pool, **kw)
+        out.backward(dout.to(out.dtype))
+        return [out.detach()] + [t.grad for t in leaves] + [mean, var]
+
+    out_shape = batch_norm_act_max_pool_torch(x.double(), None, None, None, None, 0.1, 1e-5, act, *pool).shape
+    dout = torch.randn(out_shape, dtype=torch.float64)
+    got = run(batch_norm_act_max_pool, x, weight, bias, running, backend="triton")
+    want = run(batch_norm_act_max_pool_torch, x.double(), weight.double(), bias.double(),
+               tuple(t.double() for t in running))
+    assert got[0].dtype == dtype and got[0].shape == out_shape
+    for label, g, w in zip(("out", "dx", "dweight", "dbias", "running_mean", "running_var"), got, want):
+        err = _rel(g, w)
+        assert err <= TOL[dtype], f"{name} {label}: relative error {err:.2e}"
+
+
+def test_batch_norm_act_max_pool_errors():
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.raises(ValueError, match="padding <= kernel_size // 2"):
+        batch_norm_act_max_pool(x, None, None, None, None, kernel_size=3, stride=2, padding=2)
+    with pytest.raises(ValueError, match="stride must be an int"):
+        batch_norm_act_max_pool(x, None, None, None, None, stride=(2, 1))
+    with pytest.raises(ValueError, match="smaller than kernel_size"):
+        batch_norm_act_max_pool(torch.randn(2, 4, 2, 2), None, None, None, None, kernel_size=5, padding=1)
+    with pytest.raises(ValueError, match="act must be one of"):
+        batch_norm_act_max_pool(x, None, None, None, None, act="tanh")
+
+
+def test_halonet_stem_trains_its_last_norm_and_pool_as_one_op():
+    """timm's tiered ByobNet stem (HaloNet-26t's, narrower) in training: with the last BN + ReLU + max pool as one op it
+    gives timm's output, input and parameter gradients and running statistics; forward_intermediates (which returns
+    the pre-pool map) stays timm's."""
+    from timm.models.byobnet import LayerFn, Stem
+
+    from vitzoo.models._conv_norm_act import FusedPoolStem, fuse_conv_norm_acts
+
+    torch.manual_seed(0)
+    ref = Stem(3, (6, 8, 16), stride=4, pool="maxpool", layers=LayerFn()).train()
+    ours = Stem(3, (6, 8, 16), stride=4, pool="maxpool", layers=LayerFn())
+    ours.load_state_dict(ref.state_dict())
+    ours = fuse_batch_norm_acts(fuse_conv_norm_acts(ours), "triton").train()
+    assert type(ours) is FusedPoolStem
+    calls = []
+    ours.conv3.bn.forward_fused_max_pool = (lambda f: lambda *a: calls.append(1) or f(*a))(
+        ours.conv3.bn.forward_fused_max_pool)
+    x = torch.randn(2, 3, 13, 10).contiguous(memory_format=torch.channels_last)
+    xr, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    yr, yo = ref(xr), ours(xo)
+    assert calls == [1]
+    dy = torch.randn_like(yr)
+    yr.backward(dy)
+    yo.backward(dy)
+    assert _rel(yo, yr.double()) < 1e-5 and _rel(xo.grad, xr.grad.double()) < 1e-4
+    _assert_trains_like(ref, ours)
+    with torch.no_grad():
+        (yr, mid_r), (yo, mid_o) = ref.forward_intermediates(x), ours.forward_intermediates(x)
+    assert calls == [1] and _rel(mid_o, mid_r.double()) < 1e-5 and _rel(yo, yr.double()) < 1e-5
+
+
 @pytest.mark.parametrize("act_layer, act", [(nn.Identity, "none"), (nn.ReLU, "relu"), (GELUTanh, "gelu_tanh"),
                                             (nn.SiLU, "silu")])
 def test_fused_batch_norm_act2d_matches_timm(act_layer, act):
@@ -135,10 +225,7 @@ def test_fused_batch_norm_act2d_matches_timm(act_layer, act):
             yr.backward(dy)
             yo.backward(dy)
             assert _rel(yo, yr.double()) < 1e-5 and _rel(xo.grad, xr.grad.double()) < 1e-4
-        for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
-            assert _rel(b.grad, a.grad.double()) < 1e-4, name
-        for (name, a), b in zip(ref.named_buffers(), ours.buffers()):
-            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+        _assert_trains_like(ref, ours)
         ref.eval()
         ours.eval()
         with torch.no_grad():
@@ -200,8 +287,7 @@ def test_halonet_block_tails_train_through_the_op():
         grads_r = torch.cat([p.grad.flatten() for p in ref.parameters()])
         grads_o = torch.cat([p.grad.flatten() for p in ours.parameters()])
         assert _rel(grads_o, grads_r.double()) < 1e-4
-        for (name, a), b in zip(ref.named_buffers(), ours.buffers()):
-            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+        _assert_trains_like(ref, ours)
 
 
 def test_models_convert_their_batch_norms():
@@ -214,15 +300,19 @@ def test_models_convert_their_batch_norms():
         model = timm.create_model(name)
         assert sum(type(m) is FusedBatchNormAct2d for m in model.modules()) == count, name
         assert not any(type(m) is BatchNormAct2d for m in model.modules()), name
+    from vitzoo.models._conv_norm_act import FusedPoolStem
+
+    assert type(timm.create_model("vz_halonet26t").stem) is FusedPoolStem
 
 
-# C -> (stats, transform, backward reduce, backward) tiles as (BLOCK_M, BLOCK_C, warps): the H100 autotune winners
-# at HaloNet-26t's norms (kernels/README.md, "Sixteenth run")
+# C -> (stats, transform, backward reduce, backward) tiles as (BLOCK_M, BLOCK_C, warps): the H100 winners at
+# HaloNet-26t's norms (kernels/README.md, "Sixteenth run" for the elementwise kernels, "Seventeenth run" for the
+# reductions)
 UNTUNED_AT_MEASURED = {
-    24: ((128, 32, 4), (128, 32, 4), (128, 32, 4), (128, 32, 4)),
-    64: ((32, 128, 4), (64, 128, 8), (32, 128, 4), (32, 128, 4)),
-    256: ((32, 128, 4), (16, 256, 4), (32, 128, 4), (16, 256, 4)),
-    2048: ((32, 128, 4), (16, 256, 4), (32, 128, 4), (16, 256, 4)),
+    24: ((64, 32, 2), (128, 32, 4), (64, 32, 2), (128, 32, 4)),
+    64: ((64, 64, 4), (64, 128, 8), (32, 64, 2), (32, 128, 4)),
+    256: ((64, 64, 4), (16, 256, 4), (32, 64, 2), (16, 256, 4)),
+    2048: ((64, 64, 4), (16, 256, 4), (32, 64, 2), (16, 256, 4)),
 }
 
 
@@ -237,3 +327,23 @@ def test_untuned_tiles_are_the_measured_winners(channels):
     for module, kernel, want in zip(modules, kernels, UNTUNED_AT_MEASURED[channels]):
         config = module._untuned(kernel.configs, {"C": channels})
         assert (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_C"], config.num_warps) == want, module.__name__
+
+
+def test_relu_mask_bits_are_z_positive():
+    """The packed mask of a block tail: bit c % 8 of byte (m, c // 8) is ``z > 0`` for every row m (NCHW rows too),
+    and a ReLU tail with C % 8 == 0 saves it (not the output) for the backward."""
+    from vitzoo.kernels.batch_norm_act_fwd import batch_norm_act_fwd
+    from vitzoo.ops._batch_norm_triton import z_source
+
+    for layout in ("channels_last", "nchw"):
+        x = _map((2, 24, 3, 5), torch.float32, layout, 1.0, 0.0)
+        res = _map((2, 24, 3, 5), torch.float32, layout, 1.0, 0.0)
+        stats = torch.stack([torch.zeros(24), torch.ones(24), torch.ones(24), torch.zeros(24)])
+        y, mask = batch_norm_act_fwd(x, stats, "relu", res, relu_mask=True)
+        z = (x + res).permute(0, 2, 3, 1).reshape(-1, 24)  # rows m = n * H * W + l
+        bits = (mask.to(torch.int32).repeat_interleave(8, dim=1) >> (torch.arange(24) % 8)) & 1
+        assert mask.shape == (30, 3) and mask.dtype == torch.uint8 and torch.equal(bits.bool(), z > 0), layout
+        assert torch.equal(y, torch.relu(x + res))
+    assert z_source("relu", True, 24) == "relu_mask" and z_source("relu", True, 20) == "output"
+    with pytest.raises(ValueError, match="relu_mask needs C divisible by 8"):
+        batch_norm_act_fwd(torch.randn(2, 20, 3, 3), stats[:, :20], "relu", None, relu_mask=True)

@@ -244,6 +244,7 @@ def save(rows: List[Dict], env: Dict, out: str, args) -> None:
     setting = {"amp": args.dtype, "channels_last": True, "infer_batch": args.infer_batch,
                "train_batch": args.train_batch, "modes": args.modes, "img_size": args.img_size,
                "warmup": args.warmup, "iters": args.iters, "windows": args.windows,
+               "cudnn_benchmark": args.cudnn_benchmark,
                "autotune": os.environ.get("VITZOO_AUTOTUNE", "1") not in ("0", "false", "False")}
     with open(os.path.join(out, "benchmark.json"), "w") as f:
         json.dump({"env": env, "setting": setting, "rows": rows}, f, indent=1)
@@ -321,8 +322,12 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms per shape, as timm's own "
+                        "benchmark.py and train.py set it; default off, the setting of the #7 anchors' runs here)")
     p.add_argument("--out", default="runs/benchmark")
     args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.mode and args.compile and args.mode != ["compile"]:
         raise UserError(f"--compile contradicts --mode {' '.join(args.mode)}")
     args.modes = []

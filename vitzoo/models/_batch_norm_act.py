@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d, GELUTanh
 from timm.layers.activations import GELU as TimmGELU
 
-from vitzoo.ops import batch_norm_act
+from vitzoo.ops import batch_norm_act, batch_norm_act_max_pool
 from vitzoo.ops._backend import resolve_backend
 
 from ._step_kernels import fused_training_enabled
@@ -72,6 +72,15 @@ class FusedBatchNormAct2d(BatchNormAct2d):
         return batch_norm_act(x, self.weight, self.bias, self.running_mean if tracked else None,
                               self.running_var if tracked else None, momentum, self.eps,
                               act or fused_act_name(self.act), residual, backend=self.fused_backend)
+
+    def forward_fused_max_pool(self, x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
+        """``max_pool2d(act(bn(x)), kernel_size, stride, padding)`` in training mode as one op (a stem's end)."""
+        momentum = self._momentum()
+        tracked = self.track_running_stats
+        return batch_norm_act_max_pool(x, self.weight, self.bias, self.running_mean if tracked else None,
+                                       self.running_var if tracked else None, momentum, self.eps,
+                                       fused_act_name(self.act), kernel_size, stride, padding,
+                                       backend=self.fused_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused_training(x):

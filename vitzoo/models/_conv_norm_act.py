@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from timm.layers import ConvNormAct
-from timm.models.byobnet import BottleneckBlock, SelfAttnBlock
+from timm.models.byobnet import BottleneckBlock, SelfAttnBlock, Stem
 
 from vitzoo.ops import conv2d_bias_relu
 
@@ -27,7 +27,7 @@ from ._batch_norm_act import FusedBatchNormAct2d
 from ._conv_bn import autocast_dtype, foldable_bn_act, folded_conv_bn, folding_allowed
 from ._swap import swap_classes
 
-__all__ = ["FusedConvNormAct", "FusedBottleneckBlock", "FusedSelfAttnBlock", "fuse_conv_norm_acts"]
+__all__ = ["FusedConvNormAct", "FusedBottleneckBlock", "FusedSelfAttnBlock", "FusedPoolStem", "fuse_conv_norm_acts"]
 
 
 def _foldable(m: nn.Module, act: type) -> bool:
@@ -109,6 +109,47 @@ class FusedSelfAttnBlock(_FusedTail, SelfAttnBlock):
         return self.post_attn(self.self_attn(self.conv2_kxk(self.conv1_1x1(x))))
 
 
+def _square(value) -> Optional[int]:
+    """An int pooling parameter, or a tuple of equal ints as one; None otherwise."""
+    if isinstance(value, (tuple, list)):
+        return value[0] if len(set(value)) == 1 and isinstance(value[0], int) else None
+    return value if isinstance(value, int) else None
+
+
+def _pool_args(pool: nn.Module) -> Optional[tuple]:
+    """(kernel_size, stride, padding) of a max pooling :func:`vitzoo.ops.batch_norm_act_max_pool` computes (square,
+    floor mode, dilation 1, no indices returned); None for any other module."""
+    if type(pool) is not nn.MaxPool2d or pool.ceil_mode or pool.return_indices or _square(pool.dilation) != 1:
+        return None
+    args = (_square(pool.kernel_size), _square(pool.stride), _square(pool.padding))
+    return None if None in args or not 0 <= args[2] <= args[0] // 2 else args
+
+
+class FusedPoolStem(Stem):
+    """timm's ByobNet ``Stem`` ending ``conv -> BN + act -> MaxPool2d`` (HaloNet's tiered stem). A training forward
+    whose last norm takes the fused op runs that norm, its activation and the pooling as one op
+    (:func:`vitzoo.ops.batch_norm_act_max_pool`): the stem's largest map is neither written activated nor kept
+    with int64 pooling indices. ``forward_intermediates`` (which returns the pre-pool map) and everything else run
+    timm's forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *head, last, pool = self
+        bn = last.bn
+        if not (self.training and type(bn) is FusedBatchNormAct2d and bn.fused_training(x)):
+            return super().forward(x)
+        for module in head:
+            x = module(x)
+        return bn.forward_fused_max_pool(last.conv(x), *_pool_args(pool))
+
+
+def _stem_pool_fusable(stem: nn.Module) -> bool:
+    """A ``Stem`` ending in a plain ``ConvNormAct`` (no anti-aliasing) and a max pooling the op computes."""
+    children = list(stem.children())
+    return (len(children) >= 2 and type(children[-2]) in (ConvNormAct, FusedConvNormAct)
+            and isinstance(getattr(children[-2], "aa", None), (type(None), nn.Identity))
+            and _pool_args(children[-1]) is not None)
+
+
 def _tail_fusable(block: nn.Module) -> bool:
     """The block ends ``act(drop_path(conv3_1x1(x)) + shortcut)`` with a BN-only conv3, ReLU and nothing between."""
     return (_foldable(block.conv3_1x1, nn.Identity) and type(block.act) is nn.ReLU
@@ -118,12 +159,15 @@ def _tail_fusable(block: nn.Module) -> bool:
 def _fused_class(m: nn.Module) -> Optional[type]:
     if _foldable(m, nn.ReLU):
         return FusedConvNormAct
+    if type(m) is Stem and _stem_pool_fusable(m):
+        return FusedPoolStem
     if type(m) in (BottleneckBlock, SelfAttnBlock) and _tail_fusable(m):
         return FusedBottleneckBlock if type(m) is BottleneckBlock else FusedSelfAttnBlock
     return None
 
 
 def fuse_conv_norm_acts(module: nn.Module, fused: Optional[bool] = None) -> nn.Module:
-    """Make every foldable ``ConvNormAct`` (BN + ReLU), ``BottleneckBlock`` and ``SelfAttnBlock`` inside ``module`` its
-    fused subclass (only ``forward`` differs: parameters and state dict unchanged). ``fused``: None = on CUDA only."""
+    """Make every foldable ``ConvNormAct`` (BN + ReLU), ``BottleneckBlock``, ``SelfAttnBlock`` and max-pooling
+    ``Stem`` inside ``module`` its fused subclass (only ``forward`` differs: parameters and state dict unchanged).
+    ``fused``: None = on CUDA only (the inference folding; the stem's training op follows its BatchNorm)."""
     return swap_classes(module, _fused_class, fused=fused)

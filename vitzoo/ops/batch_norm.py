@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from ._backend import resolve_backend
 
-__all__ = ["batch_norm_act", "batch_norm_act_torch", "BN_ACTIVATIONS"]
+__all__ = ["batch_norm_act", "batch_norm_act_torch", "batch_norm_act_max_pool", "batch_norm_act_max_pool_torch",
+           "BN_ACTIVATIONS"]
 
 BN_ACTIVATIONS = ("none", "relu", "gelu_tanh", "gelu", "silu")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -132,3 +133,68 @@ def batch_norm_act(
 
     return batch_norm_act_triton(x, weight, bias, running_mean, running_var, float(momentum), float(eps), act,
                                  residual)
+
+
+def _check_pool(kernel_size, stride, padding, x: torch.Tensor) -> None:
+    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"batch_norm_act_max_pool: {name} must be an int (square windows), got {value!r}")
+    if kernel_size < 1 or stride < 1 or not 0 <= padding <= kernel_size // 2:
+        raise ValueError(f"batch_norm_act_max_pool: need kernel_size >= 1, stride >= 1 and 0 <= padding <= "
+                         f"kernel_size // 2, got kernel_size={kernel_size}, stride={stride}, padding={padding}")
+    if min(x.shape[-2:]) + 2 * padding < kernel_size:
+        raise ValueError(f"batch_norm_act_max_pool: x's (H, W) {tuple(x.shape[-2:])} padded by {padding} is smaller "
+                         f"than kernel_size {kernel_size}")
+
+
+def batch_norm_act_max_pool_torch(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                                  running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                                  momentum: float = 0.1, eps: float = 1e-5, act: str = "relu",
+                                  kernel_size: int = 3, stride: int = 2, padding: int = 1) -> torch.Tensor:
+    """Pure-torch reference of :func:`batch_norm_act_max_pool` (timm's stem: ``BatchNormAct2d`` then ``MaxPool2d``)."""
+    _check(x, weight, bias, running_mean, running_var, momentum, eps, act, None)
+    _check_pool(kernel_size, stride, padding, x)
+    return F.max_pool2d(_run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, None),
+                        kernel_size, stride, padding)
+
+
+def batch_norm_act_max_pool(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "relu",
+    kernel_size: int = 3,
+    stride: int = 2,
+    padding: int = 1,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``max_pool2d(act(batch_norm(x, training=True)), kernel_size, stride, padding)`` with autograd: a ResNet-style
+    stem's last norm and its pooling (floor mode, dilation 1, square windows).
+
+    Why: torch writes the activated map (the stem's largest) and reads it back to pool, keeps int64 indices (8 bytes
+    per pooled element) and scatters the pooling's gradient into a zeroed map. The Triton path normalizes, activates
+    and pools in one pass over x and keeps a one-byte argmax; its backward gathers the pooled gradient
+    (``vitzoo.kernels.max_pool_bwd``) and then runs :func:`batch_norm_act`'s backward kernels. The pooled values,
+    their tie rule and the gradients are torch's. Arguments as :func:`batch_norm_act` (no residual), plus the
+    pooling's ``kernel_size``, ``stride`` and ``padding`` (ints, ``padding <= kernel_size // 2``).
+    """
+    _check(x, weight, bias, running_mean, running_var, momentum, eps, act, None)
+    _check_pool(kernel_size, stride, padding, x)
+    if torch.compiler.is_compiling() and backend == "auto":
+        backend = "torch"
+
+    def unsupported():
+        return _unsupported(x, weight, bias, running_mean, None)
+
+    if resolve_backend(backend, x, weight, bias, running_mean, running_var, op="batch_norm_act_max_pool",
+                       unsupported_reason=unsupported) != "triton":
+        return F.max_pool2d(_run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, None),
+                            kernel_size, stride, padding)
+    from ._batch_norm_triton import batch_norm_act_max_pool_triton
+
+    return batch_norm_act_max_pool_triton(x, weight, bias, running_mean, running_var, float(momentum), float(eps),
+                                          act, kernel_size, stride, padding)
