@@ -29,7 +29,7 @@ INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter: seve
 # (BLOCK_M rows, BLOCK_C channels, warps) autotuned; the untuned pick is each kernel's rule (``untuned_tile``)
 ELEMENTWISE_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (16, 256, 4))
 REDUCTION_TILES = ((64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8), (32, 64, 2),
-                   (64, 32, 2))
+                   (64, 32, 2), (16, 64, 2))
 @triton.jit
 def row_offsets(rows, L, stride_n, stride_l, ROW_UNIFORM: tl.constexpr):
     """int64 element offsets of rows m = n * L + l (module docstring)."""

@@ -21,7 +21,7 @@ from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, interpret_c
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
-from .batch_norm_act_bwd_reduce import Z_SOURCES, grad_z, src_map_strides, src_offsets
+from .batch_norm_act_bwd_reduce import Z_SOURCES, check_res_norm, grad_z, src_map_strides, src_offsets
 
 __all__ = ["batch_norm_act_bwd"]
 
@@ -32,11 +32,12 @@ def _untuned(configs, args):
 
 
 @triton.autotune(configs=tile_configs(ELEMENTWISE_TILES),
-                 key=["C", "ACT", "Z_FROM", "HAS_DRES", "ROW_UNIFORM"],
+                 key=["C", "ACT", "Z_FROM", "HAS_DRES", "RES_NORM", "ROW_UNIFORM"],
                  prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_act_bwd_kernel(
-    DY, X, SRC, STATS, SUMS, WEIGHT, DX, DRES,  # SUMS (2, C) fp32: sum(dz), sum(dz * xhat)
+    DY, X, SRC, STATS, SUMS, WEIGHT, DX, DRES,  # SUMS ((2 | 3), C) fp32: sum(dz), sum(dz * xhat) (, sum(dz * rhat))
+    RES, RES_STATS, RES_WEIGHT,  # RES_NORM: the residual before its own BatchNorm (x's strides), its stats, weight
     stride_dyn, stride_dyl, stride_dyc,
     stride_xn, stride_xl, stride_xc,
     stride_sn, stride_sl, stride_sc,
@@ -45,7 +46,8 @@ def _batch_norm_act_bwd_kernel(
     stride_s, stride_sums,
     L, M, C,
     ACT: tl.constexpr, Z_FROM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_DRES: tl.constexpr,
-    ROW_UNIFORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    RES_NORM: tl.constexpr, HAS_RES_WEIGHT: tl.constexpr, ROW_UNIFORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -68,18 +70,33 @@ def _batch_norm_act_bwd_kernel(
     offs_dx = row_offsets(rows, L, stride_dxn, stride_dxl, ROW_UNIFORM)[:, None] + (cs64 * stride_dxc)[None, :]
     tl.store(DX + offs_dx, dx.to(DX.dtype.element_ty), mask=mask)
     if HAS_DRES:
+        dres = dz
+        if RES_NORM:  # through the residual's own BatchNorm, with its sums (third row of SUMS)
+            mean_r, invstd_r, _, _ = load_stats(RES_STATS, stride_s, cs, c_ok)
+            gain_r = invstd_r
+            if HAS_RES_WEIGHT:
+                gain_r = invstd_r * tl.load(RES_WEIGHT + cs, mask=c_ok, other=0.0).to(tl.float32)
+            rhat = (tl.load(RES + offs_x, mask=mask, other=0.0).to(tl.float32) - mean_r[None, :]) * invstd_r[None, :]
+            mean_dz_rhat = tl.load(SUMS + 2 * stride_sums + cs, mask=c_ok, other=0.0) / total
+            dres = (dz - mean_dz[None, :] - rhat * mean_dz_rhat[None, :]) * gain_r[None, :]
         offs_dr = row_offsets(rows, L, stride_drn, stride_drl, ROW_UNIFORM)[:, None] + (cs64 * stride_drc)[None, :]
-        tl.store(DRES + offs_dr, dz.to(DRES.dtype.element_ty), mask=mask)
+        tl.store(DRES + offs_dr, dres.to(DRES.dtype.element_ty), mask=mask)
 
 
 def batch_norm_act_bwd(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, sums: torch.Tensor,
                        weight: Optional[torch.Tensor], act: str, z_from: str, src: Optional[torch.Tensor] = None,
-                       residual_dtype: Optional[torch.dtype] = None) -> tuple:
-    """dy, x, src: as for :func:`batch_norm_act_bwd_reduce`, whose (2, C) result is ``sums``; weight: None or (C,).
-    Returns (dx like x, dresidual like x in ``residual_dtype`` or None when ``residual_dtype`` is None)."""
+                       residual_dtype: Optional[torch.dtype] = None, res: Optional[torch.Tensor] = None,
+                       res_stats: Optional[torch.Tensor] = None, res_weight: Optional[torch.Tensor] = None) -> tuple:
+    """dy, x, src: as for :func:`batch_norm_act_bwd_reduce`, whose ((2 | 3), C) result is ``sums``; weight: None or
+    (C,). Returns (dx like x, dresidual like x in ``residual_dtype`` or None when ``residual_dtype`` is None). With
+    ``res``, ``res_stats`` (and ``res_weight``, None or (C,)): the residual had its own BatchNorm, and dresidual is
+    the gradient of its input."""
     if act not in ACTIVATIONS or z_from not in Z_SOURCES:
         raise ValueError(f"batch_norm_act_bwd: act must be one of {ACTIVATIONS} and z_from one of {Z_SOURCES}, "
                          f"got {act!r}, {z_from!r}")
+    check_res_norm("batch_norm_act_bwd", x, z_from, res, res_stats)
+    if res is not None and sums.shape[0] != 3:
+        raise ValueError(f"batch_norm_act_bwd: a normalized residual needs the reduction's 3 rows, got {sums.shape[0]}")
     check_same_rows("batch_norm_act_bwd", dy, x, None if z_from == "relu_mask" else src)
     src_strides = src_map_strides("batch_norm_act_bwd", src, x, z_from)
     batch, channels, height, width = x.shape
@@ -93,8 +110,10 @@ def batch_norm_act_bwd(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, s
         return (cdiv(rows, meta["BLOCK_M"]), cdiv(channels, meta["BLOCK_C"]))
 
     launch(_batch_norm_act_bwd_kernel, grid, dy, x, src, stats, sums, weight if weight is not None else stats, dx,
-           dres if dres is not None else dx, *map_strides(dy), *map_strides(x), *src_strides, *map_strides(dx),
+           dres if dres is not None else dx, res if res is not None else x,
+           res_stats if res_stats is not None else stats, res_weight if res_weight is not None else stats,
+           *map_strides(dy), *map_strides(x), *src_strides, *map_strides(dx),
            *map_strides(dres if dres is not None else dx), stats.stride(0), sums.stride(0), height * width, rows,
            channels, ACT=act, Z_FROM=z_from, HAS_WEIGHT=weight is not None, HAS_DRES=dres is not None,
-           ROW_UNIFORM=row_uniform(x))
+           RES_NORM=res is not None, HAS_RES_WEIGHT=res_weight is not None, ROW_UNIFORM=row_uniform(x))
     return dx, dres

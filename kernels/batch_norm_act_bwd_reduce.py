@@ -29,7 +29,7 @@ from ._launch import launch
 from ._row_chunks import row_programs
 from ._tuning import interpreting, mode_pruner
 
-__all__ = ["batch_norm_act_bwd_reduce", "src_map_strides", "Z_SOURCES"]
+__all__ = ["batch_norm_act_bwd_reduce", "check_res_norm", "src_map_strides", "Z_SOURCES"]
 
 Z_SOURCES = ("none", "x", "x_residual", "output", "relu_mask")
 def _rule(channels: int):
@@ -38,8 +38,13 @@ def _rule(channels: int):
     return (64, 32, 2) if channels <= 32 else (32, 64, 2)
 
 
+# with a normalized residual (three maps read, three sums): (16, 64) on 2 warps, 754 us over HaloNet-26t's four
+# downsampling tails on the H100; every other tile took over 900 (kernels/README.md, "Seventeenth run")
+RES_NORM_TILE = (16, 64, 2)
+
+
 def _untuned(configs, args):
-    return untuned_tile(configs, args["C"], _rule)
+    return untuned_tile(configs, args["C"], lambda c: RES_NORM_TILE if args.get("RES_NORM") else _rule(c))
 
 
 @triton.jit
@@ -104,17 +109,18 @@ def _tile_offsets(start, row_end, cs64, c_ok, L, stride_dyn, stride_dyl, stride_
 
 
 @triton.autotune(configs=tile_configs(REDUCTION_TILES),
-                 key=["C", "ROWS_PER_PROGRAM", "ACT", "Z_FROM", "ROW_UNIFORM"],
+                 key=["C", "ROWS_PER_PROGRAM", "ACT", "Z_FROM", "RES_NORM", "ROW_UNIFORM"],
                  prune_configs_by={"early_config_prune": mode_pruner(interpret_config(), untuned=_untuned)})
 @triton.jit
 def _batch_norm_act_bwd_reduce_kernel(
     DY, X, SRC, STATS, PARTS,  # SRC: the residual or the output (Z_FROM); STATS (4, C): mean, invstd, scale, beta
+    RES, RES_STATS,  # RES_NORM: the residual before its own BatchNorm (x's strides) and that norm's statistics
     stride_dyn, stride_dyl, stride_dyc,
     stride_xn, stride_xl, stride_xc,
     stride_sn, stride_sl, stride_sc,
-    stride_s, stride_pp,  # plane strides of STATS and PARTS (2, programs, C)
+    stride_s, stride_pp,  # plane strides of STATS and PARTS ((2 | 3), programs, C)
     L, M, C, ROWS_PER_PROGRAM,
-    ACT: tl.constexpr, Z_FROM: tl.constexpr, ROW_UNIFORM: tl.constexpr,
+    ACT: tl.constexpr, Z_FROM: tl.constexpr, RES_NORM: tl.constexpr, ROW_UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -130,6 +136,10 @@ def _batch_norm_act_bwd_reduce_kernel(
     offs_dy, offs_x, offs_src, mask = _tile_offsets(row_start, row_end, cs64, c_ok, L, *strides, ROW_UNIFORM, Z_FROM,
                                                     BLOCK_M)
     tile_next = load_grad_tile(DY, X, SRC, offs_dy, offs_x, offs_src, mask, Z_FROM)
+    if RES_NORM:  # the residual's own normalization: its sum(dz * rhat) goes to a third plane
+        mean_r, invstd_r, _, _ = load_stats(RES_STATS, stride_s, cs, c_ok)
+        sum_dz_rhat = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+        res_next = tl.load(RES + offs_x, mask=mask, other=0.0)
     for start in range(row_start, row_end, BLOCK_M):
         # software prefetch (as in batch_norm_stats.py): the next tile's loads fly while this one is summed
         dy, x, src = tile_next
@@ -141,8 +151,14 @@ def _batch_norm_act_bwd_reduce_kernel(
         dz = tl.where(mask_here, dz, 0.0)
         sum_dz += dz
         sum_dz_xhat += dz * ((x - mean[None, :]) * invstd[None, :])
+        if RES_NORM:
+            res = res_next.to(tl.float32)
+            res_next = tl.load(RES + offs_x, mask=mask, other=0.0)
+            sum_dz_rhat += dz * ((res - mean_r[None, :]) * invstd_r[None, :])
     tl.store(PARTS + pid * C + cs, tl.sum(sum_dz, axis=0), mask=c_ok)
     tl.store(PARTS + stride_pp + pid * C + cs, tl.sum(sum_dz_xhat, axis=0), mask=c_ok)
+    if RES_NORM:
+        tl.store(PARTS + 2 * stride_pp + pid * C + cs, tl.sum(sum_dz_rhat, axis=0), mask=c_ok)
 
 
 def src_map_strides(kernel: str, src: Optional[torch.Tensor], x: torch.Tensor, z_from: str) -> tuple:
@@ -154,16 +170,19 @@ def src_map_strides(kernel: str, src: Optional[torch.Tensor], x: torch.Tensor, z
 
 
 def batch_norm_act_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, act: str, z_from: str,
-                              src: Optional[torch.Tensor] = None) -> torch.Tensor:
+                              src: Optional[torch.Tensor] = None, res: Optional[torch.Tensor] = None,
+                              res_stats: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dy, x, src (the residual for ``z_from="x_residual"``, the output for ``"output"``, the packed mask for
     ``"relu_mask"``, else None): (N, C, H, W) maps of one shape and row layout; stats: the forward's (4, C). Returns
-    (2, C) fp32: sum(dz), sum(dz * xhat)."""
+    (2, C) fp32: sum(dz), sum(dz * xhat). With ``res`` (a residual that had its own BatchNorm, x's strides) and its
+    ``res_stats``: (3, C), the third row sum(dz * rhat); z must then come from the mask, the output or nothing."""
     if act not in ACTIVATIONS or z_from not in Z_SOURCES:
         raise ValueError(f"batch_norm_act_bwd_reduce: act must be one of {ACTIVATIONS} and z_from one of "
                          f"{Z_SOURCES}, got {act!r}, {z_from!r}")
     if (src is None) != (z_from in ("none", "x")):
         raise ValueError(f"batch_norm_act_bwd_reduce: z_from={z_from!r} {'takes no' if src is not None else 'needs a'}"
                          f" src map")
+    check_res_norm("batch_norm_act_bwd_reduce", x, z_from, res, res_stats)
     check_same_rows("batch_norm_act_bwd_reduce", dy, x, None if z_from == "relu_mask" else src)
     src_strides = src_map_strides("batch_norm_act_bwd_reduce", src, x, z_from)
     batch, channels, height, width = x.shape
@@ -171,13 +190,30 @@ def batch_norm_act_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, stats: torch.Te
     interpret = interpreting() or x.device.type != "cuda"
     channel_blocks = cdiv(channels, INTERPRET_BLOCKS[1] if interpret else _rule(channels)[1])
     programs, per_program = row_programs(rows, channel_blocks, x.device, interpret)
-    parts = torch.empty((2, programs, channels), device=x.device, dtype=torch.float32)
+    parts = torch.empty((2 if res is None else 3, programs, channels), device=x.device, dtype=torch.float32)
     src = src if src is not None else x  # never read when absent
 
     def grid(meta):
         return (programs, cdiv(channels, meta["BLOCK_C"]))
 
-    launch(_batch_norm_act_bwd_reduce_kernel, grid, dy, x, src, stats, parts, *map_strides(dy), *map_strides(x),
-           *src_strides, stats.stride(0), parts.stride(0), height * width, rows, channels, per_program,
-           ACT=act, Z_FROM=z_from, ROW_UNIFORM=row_uniform(x))
+    launch(_batch_norm_act_bwd_reduce_kernel, grid, dy, x, src, stats, parts, res if res is not None else x,
+           res_stats if res_stats is not None else stats, *map_strides(dy), *map_strides(x), *src_strides,
+           stats.stride(0), parts.stride(0), height * width, rows, channels, per_program, ACT=act, Z_FROM=z_from,
+           RES_NORM=res is not None, ROW_UNIFORM=row_uniform(x))
     return parts.sum(1)
+
+
+def check_res_norm(kernel: str, x: torch.Tensor, z_from: str, res: Optional[torch.Tensor],
+                   res_stats: Optional[torch.Tensor]) -> None:
+    """ValueError unless a normalized residual comes with its statistics, with x's shape and strides, and with a
+    ``z_from`` that does not recompute z (the kernels do not re-normalize the residual for it)."""
+    if res is None and res_stats is None:
+        return
+    if res is None or res_stats is None:
+        raise ValueError(f"{kernel}: res and res_stats must both be given or both be None")
+    if res.shape != x.shape or res.stride() != x.stride():
+        raise ValueError(f"{kernel}: res must have x's shape and strides, got {tuple(res.shape)} / {res.stride()} "
+                         f"for x {tuple(x.shape)} / {x.stride()}")
+    if z_from not in ("none", "output", "relu_mask"):
+        raise ValueError(f"{kernel}: a normalized residual needs z_from 'none', 'output' or 'relu_mask', got "
+                         f"{z_from!r}")

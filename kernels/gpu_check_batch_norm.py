@@ -85,7 +85,7 @@ def run() -> List[Dict]:
                 err, ref_err = rel_err(g, e), rel_err(r, e)
                 ok = bool(err <= 2 * ref_err + FLOOR[dtype] and g.dtype == r.dtype)
                 rows.append(row(PATTERN, case, name, dtype=str(dtype)[6:], err=err, ref_err=ref_err, ok=ok))
-    return rows + run_pool()
+    return rows + run_pool() + run_residual_norm()
 
 
 # (case, N, C, H, W, act, (kernel_size, stride, padding), channels_last): HaloNet-26t's stem end, an odd NCHW map
@@ -138,4 +138,53 @@ def run_pool() -> List[Dict]:
                     err, ref_err = rel_err(g, e), rel_err(r, e)
                     ok = bool(err <= 2 * ref_err + FLOOR[dtype])
                     rows.append(row(PATTERN, case, name, dtype="float32", err=err, ref_err=ref_err, ok=ok))
+    return rows
+
+
+# (case, N, C, H, W): HaloNet-26t's stage-1 downsampling tail relu(bn3(conv3) + bn_s(conv_s(x))), and C % 8 != 0
+RES_NORM_CASES = (("halonet26t_downsample_tail_256_64", 32, 256, 64, 64), ("odd_downsample_tail_36_9x7", 4, 36, 9, 7))
+
+
+def run_residual_norm() -> List[Dict]:
+    """``relu(bn(x) + bn_r(residual))`` (the shortcut's norm inside the op) against float64 by the rule above. The
+    residual's norm parameters are its batch mean and std, so ``bn_r`` maps it to itself and ``z`` can be placed at
+    least 0.1 from ReLU's kink (``_off_the_kink``)."""
+    from vitzoo.ops import ResidualNorm, batch_norm_act, batch_norm_act_torch
+
+    names = ["out", "dx", "dweight", "dbias", "running_mean", "running_var", "dresidual", "dres_weight", "dres_bias",
+             "res_running_mean", "res_running_var"]
+    rows: List[Dict] = []
+    for case, batch, channels, height, width in RES_NORM_CASES:
+        shape = (batch, channels, height, width)
+        x64 = (torch.randn(shape, device=DEVICE, dtype=torch.float64) * 2 + 1).contiguous(
+            memory_format=torch.channels_last)
+        w = 1 + 0.2 * torch.randn(channels, device=DEVICE)
+        b = 0.2 * torch.randn(channels, device=DEVICE)
+        res64 = _off_the_kink(x64, w, b, torch.randn(shape, device=DEVICE, dtype=torch.float64))
+        res_w = (res64.var(dim=(0, 2, 3), unbiased=False) + EPS).sqrt().float()
+        res_b = res64.mean(dim=(0, 2, 3)).float()
+        res64 = res64.contiguous(memory_format=torch.channels_last)
+        grad64 = torch.randn(shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        stats = [torch.randn(channels, device=DEVICE), torch.rand(channels, device=DEVICE) + 0.5]
+
+        def run(fn, dtype, **kw):
+            param_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # fp32 parameters, as models
+            leaves = [t.detach().to(dtype if t.dim() == 4 else param_dtype).clone().requires_grad_(True)
+                      for t in (x64, w, b, res64, res_w, res_b)]
+            running = [t.to(param_dtype).clone() for t in stats + stats]
+            norm = ResidualNorm(leaves[4], leaves[5], running[2], running[3], MOMENTUM, EPS)
+            y = fn(leaves[0], leaves[1], leaves[2], running[0], running[1], MOMENTUM, EPS, "relu", leaves[3],
+                   residual_norm=norm, **kw)
+            y.backward(grad64.to(y.dtype))
+            return ([y.detach(), leaves[0].grad, leaves[1].grad, leaves[2].grad, running[0], running[1],
+                     leaves[3].grad, leaves[4].grad, leaves[5].grad, running[2], running[3]])
+
+        exact = run(batch_norm_act_torch, torch.float64)
+        for dtype in DTYPES:
+            got = run(batch_norm_act, dtype, backend="triton")
+            ref = run(batch_norm_act_torch, dtype)
+            for name, g, r, e in zip(names, got, ref, exact):
+                err, ref_err = rel_err(g, e), rel_err(r, e)
+                ok = bool(err <= 2 * ref_err + FLOOR[dtype] and g.dtype == r.dtype)
+                rows.append(row(PATTERN, case, name, dtype=str(dtype)[6:], err=err, ref_err=ref_err, ok=ok))
     return rows

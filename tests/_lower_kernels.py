@@ -137,6 +137,13 @@ def lower_batch_norm() -> None:
         extra = (torch.zeros(2, 64), None, "relu", "relu_mask", mask) if module is batch_norm_act_bwd else (
             "relu", "relu_mask", mask)
         fn(relu_res, relu_res, torch.zeros(4, 64), *extra)
+    # a downsampling tail: the shortcut's BatchNorm applied inside the add (forward, reduce and backward)
+    stats = torch.zeros(4, 64)
+    batch_norm_act_fwd.batch_norm_act_fwd(relu_res, stats, "relu", relu_res, relu_mask=True, residual_stats=stats)
+    batch_norm_act_bwd_reduce.batch_norm_act_bwd_reduce(relu_res, relu_res, stats, "relu", "relu_mask", mask,
+                                                        relu_res, stats)
+    batch_norm_act_bwd.batch_norm_act_bwd(relu_res, relu_res, stats, torch.zeros(3, 64), None, "relu", "relu_mask",
+                                          mask, torch.bfloat16, relu_res, stats, torch.ones(64))
 
 
 def lower_max_pool() -> None:

@@ -271,15 +271,22 @@ def test_halonet_block_tails_train_through_the_op():
     from vitzoo.models._conv_norm_act import FusedBottleneckBlock, fuse_conv_norm_acts
 
     torch.manual_seed(0)
-    for in_chs, out_chs, stride in ((16, 32, 1), (16, 16, 2)):
-        ref = BottleneckBlock(in_chs, out_chs, stride=stride, layers=LayerFn()).train()
-        ours = BottleneckBlock(in_chs, out_chs, stride=stride, layers=LayerFn())
+    # HaloNet's downsampling shortcuts are conv1x1 -> BN (the op normalizes them inside the add); "avg" is a pooled
+    # DownsampleAvg, which runs as its own module
+    for in_chs, out_chs, stride, downsample in ((16, 32, 1, "conv1x1"), (16, 16, 2, "conv1x1"), (16, 24, 2, "avg"),
+                                                (16, 16, 1, "conv1x1")):
+        ref = BottleneckBlock(in_chs, out_chs, stride=stride, downsample=downsample, layers=LayerFn()).train()
+        ours = BottleneckBlock(in_chs, out_chs, stride=stride, downsample=downsample, layers=LayerFn())
         ours.load_state_dict(ref.state_dict())
         ours = fuse_batch_norm_acts(fuse_conv_norm_acts(ours), "triton").train()
         assert type(ours) is FusedBottleneckBlock
+        norms = []  # the tail's call: the shortcut's conv -> BN goes into the op as its residual norm
+        ours.conv3_1x1.bn.forward_fused = (lambda f: lambda *a: norms.append(a[3]) or f(*a))(
+            ours.conv3_1x1.bn.forward_fused)
         x = torch.randn(2, in_chs, 6, 5).contiguous(memory_format=torch.channels_last)
         xr, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         yr, yo = ref(xr), ours(xo)
+        assert norms == [getattr(ours.shortcut, "bn", None)], norms  # identity and avg shortcuts: none
         dy = torch.randn_like(yr)
         yr.backward(dy)
         yo.backward(dy)
@@ -347,3 +354,47 @@ def test_relu_mask_bits_are_z_positive():
     assert z_source("relu", True, 24) == "relu_mask" and z_source("relu", True, 20) == "output"
     with pytest.raises(ValueError, match="relu_mask needs C divisible by 8"):
         batch_norm_act_fwd(torch.randn(2, 20, 3, 3), stats[:, :20], "relu", None, relu_mask=True)
+
+
+@pytest.mark.parametrize("channels, act, layout", [(16, "relu", "channels_last"), (12, "relu", "nchw"),
+                                                   (9, "none", "channels_last")])
+def test_residual_norm_matches_float64(channels, act, layout):
+    """``act(bn(x) + bn_r(residual))`` (a downsampling block's tail, the shortcut's norm inside the add): output,
+    the gradients of x, the residual and both norms' parameters, and both norms' running statistics against float64
+    torch. C = 16 takes the packed ReLU mask, C = 12 the output."""
+    from vitzoo.ops import ResidualNorm
+
+    shape = (3, channels, 5, 4)
+    x, res = _map(shape, torch.float32, layout), _map(shape, torch.float32, layout, 3.0, -1.0)
+    params = [torch.rand(channels) + 0.5, torch.randn(channels), torch.rand(channels) + 0.5, torch.randn(channels)]
+    running = [torch.randn(channels), torch.rand(channels) + 0.5, torch.randn(channels), torch.rand(channels) + 0.5]
+    dy = torch.randn(shape, dtype=torch.float64)
+
+    def run(fn, dtype, **kw):
+        leaves = [t.detach().to(dtype).clone().requires_grad_(True) for t in [x, res] + params]
+        stats = [t.to(dtype).clone() for t in running]
+        norm = ResidualNorm(leaves[4], leaves[5], stats[2], stats[3], 0.2, 1e-4)
+        y = fn(leaves[0], leaves[2], leaves[3], stats[0], stats[1], 0.1, 1e-5, act, leaves[1], residual_norm=norm,
+               **kw)
+        y.backward(dy.to(dtype))
+        return [y.detach()] + [t.grad for t in leaves] + stats
+
+    got = run(batch_norm_act, torch.float32, backend="triton")
+    want = run(batch_norm_act_torch, torch.float64)
+    names = ("y", "dx", "dresidual", "dweight", "dbias", "dres_weight", "dres_bias", "running_mean", "running_var",
+             "res_running_mean", "res_running_var")
+    for label, g, w in zip(names, got, want):
+        assert _rel(g, w) <= TOL[torch.float32], f"{label}: relative error {_rel(g, w):.2e}"
+
+
+def test_residual_norm_errors():
+    from vitzoo.ops import ResidualNorm
+
+    x = torch.randn(2, 8, 3, 3)
+    norm = ResidualNorm(None, None, None, None)
+    with pytest.raises(ValueError, match="residual_norm needs a residual"):
+        batch_norm_act(x, None, None, None, None, act="relu", residual_norm=norm)
+    with pytest.raises(ValueError, match="residual_norm must be None or a vitzoo.ops.ResidualNorm"):
+        batch_norm_act(x, None, None, None, None, act="relu", residual=x, residual_norm=(None,) * 6)
+    with pytest.raises(ValueError, match="act must be none or relu with a residual_norm"):
+        batch_norm_act(x, None, None, None, None, act="gelu", residual=x, residual_norm=norm, backend="triton")

@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d, GELUTanh
 from timm.layers.activations import GELU as TimmGELU
 
-from vitzoo.ops import batch_norm_act, batch_norm_act_max_pool
+from vitzoo.ops import ResidualNorm, batch_norm_act, batch_norm_act_max_pool
 from vitzoo.ops._backend import resolve_backend
 
 from ._step_kernels import fused_training_enabled
@@ -64,21 +64,28 @@ class FusedBatchNormAct2d(BatchNormAct2d):
             return 1.0 / float(self.num_batches_tracked)
         return self.momentum
 
-    def forward_fused(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                      act: Optional[str] = None) -> torch.Tensor:
-        """``act(bn(x) [+ residual])`` in training mode; ``act`` defaults to this module's own activation."""
-        momentum = self._momentum()
+    def _running(self) -> tuple:
         tracked = self.track_running_stats
-        return batch_norm_act(x, self.weight, self.bias, self.running_mean if tracked else None,
-                              self.running_var if tracked else None, momentum, self.eps,
-                              act or fused_act_name(self.act), residual, backend=self.fused_backend)
+        return (self.running_mean if tracked else None), (self.running_var if tracked else None)
+
+    def residual_norm(self) -> ResidualNorm:
+        """This norm (training mode) as the residual BatchNorm of another's fused op (its counters bumped)."""
+        return ResidualNorm(self.weight, self.bias, *self._running(), self._momentum(), self.eps)
+
+    def forward_fused(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, act: Optional[str] = None,
+                      residual_bn: Optional["FusedBatchNormAct2d"] = None) -> torch.Tensor:
+        """``act(bn(x) [+ residual])`` in training mode; ``act`` defaults to this module's own activation. With
+        ``residual_bn`` (a shortcut's norm, no activation) the residual is its input: ``act(bn(x) +
+        residual_bn(residual))`` as one op."""
+        momentum = self._momentum()
+        return batch_norm_act(x, self.weight, self.bias, *self._running(), momentum, self.eps,
+                              act or fused_act_name(self.act), residual, backend=self.fused_backend,
+                              residual_norm=None if residual_bn is None else residual_bn.residual_norm())
 
     def forward_fused_max_pool(self, x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
         """``max_pool2d(act(bn(x)), kernel_size, stride, padding)`` in training mode as one op (a stem's end)."""
         momentum = self._momentum()
-        tracked = self.track_running_stats
-        return batch_norm_act_max_pool(x, self.weight, self.bias, self.running_mean if tracked else None,
-                                       self.running_var if tracked else None, momentum, self.eps,
+        return batch_norm_act_max_pool(x, self.weight, self.bias, *self._running(), momentum, self.eps,
                                        fused_act_name(self.act), kernel_size, stride, padding,
                                        backend=self.fused_backend)
 

@@ -23,7 +23,7 @@ from timm.models.byobnet import BottleneckBlock, SelfAttnBlock, Stem
 
 from vitzoo.ops import conv2d_bias_relu
 
-from ._batch_norm_act import FusedBatchNormAct2d
+from ._batch_norm_act import FusedBatchNormAct2d, fused_act_name
 from ._conv_bn import autocast_dtype, foldable_bn_act, folded_conv_bn, folding_allowed
 from ._swap import swap_classes
 
@@ -60,8 +60,21 @@ def _tail_trains_fused(block: nn.Module, x: torch.Tensor) -> bool:
             and bn.fused_training(x))
 
 
-def _conv_bn_add_relu_train(m: ConvNormAct, x: torch.Tensor, shortcut: Optional[torch.Tensor]) -> torch.Tensor:
-    return m.bn.forward_fused(m.conv(x), shortcut, "relu")
+def _conv_bn_add_relu_train(m: ConvNormAct, x: torch.Tensor, shortcut: Optional[torch.Tensor],
+                            shortcut_bn: Optional[FusedBatchNormAct2d] = None) -> torch.Tensor:
+    return m.bn.forward_fused(m.conv(x), shortcut, "relu", shortcut_bn)
+
+
+def _normed_shortcut(block: nn.Module) -> Optional[FusedBatchNormAct2d]:
+    """The BatchNorm of a downsampling shortcut ``conv -> BN`` (no activation, no anti-aliasing) that the tail op can
+    apply inside its add; None for any other shortcut."""
+    shortcut = block.shortcut
+    if type(shortcut) not in (ConvNormAct, FusedConvNormAct) or type(shortcut.conv) is not nn.Conv2d:
+        return None
+    bn = shortcut.bn
+    if type(bn) is not FusedBatchNormAct2d or fused_act_name(bn.act) != "none" or not isinstance(bn.drop, nn.Identity):
+        return None
+    return bn if isinstance(getattr(shortcut, "aa", None), (type(None), nn.Identity)) else None
 
 
 class FusedConvNormAct(ConvNormAct):
@@ -88,6 +101,9 @@ class _FusedTail:
         if _fused_active(self, x):
             tail = _conv_norm_relu
         elif self.training and _tail_trains_fused(self, x):
+            shortcut_bn = _normed_shortcut(self)
+            if shortcut_bn is not None:  # relu(bn3(conv3) + bn_s(conv_s(x))) as one op: bn_s's map never written
+                return _conv_bn_add_relu_train(self.conv3_1x1, self._body(x), self.shortcut.conv(x), shortcut_bn)
             tail = _conv_bn_add_relu_train
         else:
             return super().forward(x)

@@ -12,7 +12,8 @@ from .linear import linear
 from .channel import channel_attention, channel_attention_torch
 from .residual import bias_residual_add
 from .conv_act import channel_scale_, conv2d_bias_relu, depthwise_conv2d_act, same_padding
-from .batch_norm import batch_norm_act, batch_norm_act_max_pool, batch_norm_act_max_pool_torch, batch_norm_act_torch
+from .batch_norm import (ResidualNorm, batch_norm_act, batch_norm_act_max_pool, batch_norm_act_max_pool_torch,
+                         batch_norm_act_torch)
 from .squeeze_excite import squeeze_excite, squeeze_excite_torch
 from .depthwise import depthwise_conv2d, depthwise_conv2d_torch
 from ._weight_cache import clear_weight_cache, weight_cache_enabled

@@ -13,7 +13,7 @@ takes the torch path (Inductor fuses these passes itself).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +21,22 @@ import torch.nn.functional as F
 from ._backend import resolve_backend
 
 __all__ = ["batch_norm_act", "batch_norm_act_torch", "batch_norm_act_max_pool", "batch_norm_act_max_pool_torch",
-           "BN_ACTIVATIONS"]
+           "ResidualNorm", "BN_ACTIVATIONS"]
 
 BN_ACTIVATIONS = ("none", "relu", "gelu_tanh", "gelu", "silu")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class ResidualNorm(NamedTuple):
+    """A residual's own training BatchNorm (a downsampling shortcut's conv -> BN), applied before the add:
+    ``act(bn(x) + bn_r(residual))``. Fields as :func:`batch_norm_act`'s."""
+
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    momentum: float = 0.1
+    eps: float = 1e-5
 
 
 def _act_torch(y: torch.Tensor, act: str) -> torch.Tensor:
@@ -65,17 +77,35 @@ def _check(x, weight, bias, running_mean, running_var, momentum, eps, act, resid
                          f"{tuple(x.shape)}")
 
 
+def _check_residual_norm(residual: Optional[torch.Tensor], residual_norm) -> None:
+    if residual_norm is None:
+        return
+    if not isinstance(residual_norm, ResidualNorm):
+        raise ValueError(f"batch_norm_act: residual_norm must be None or a vitzoo.ops.ResidualNorm, got "
+                         f"{type(residual_norm).__name__}")
+    if residual is None:
+        raise ValueError("batch_norm_act: residual_norm needs a residual")
+    _check(residual, *residual_norm, "none", None)
+
+
 def batch_norm_act_torch(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                          running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                          momentum: float = 0.1, eps: float = 1e-5, act: str = "none",
-                         residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         residual: Optional[torch.Tensor] = None,
+                         residual_norm: Optional[ResidualNorm] = None) -> torch.Tensor:
     """Pure-torch reference of :func:`batch_norm_act` (timm's computation; float64 is computed in float64)."""
     _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
-    return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+    _check_residual_norm(residual, residual_norm)
+    return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual, residual_norm)
 
 
-def _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual) -> torch.Tensor:
+def _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual,
+               residual_norm: Optional[ResidualNorm] = None) -> torch.Tensor:
     y = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    if residual_norm is not None:
+        norm = residual_norm
+        residual = F.batch_norm(residual, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
+                                norm.momentum, norm.eps)
     if residual is not None:
         y = y + residual
     return _act_torch(y, act)
@@ -103,6 +133,7 @@ def batch_norm_act(
     act: str = "none",
     residual: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    residual_norm: Optional[ResidualNorm] = None,
 ) -> torch.Tensor:
     """``act(batch_norm(x, training=True) [+ residual])`` with autograd.
 
@@ -116,23 +147,38 @@ def batch_norm_act(
         residual: None or a tensor of x's shape added after the normalization, before the activation.
         backend: ``"auto" | "torch" | "triton"`` (:mod:`vitzoo.ops._backend`); "auto" takes Triton for CUDA
             fp16 / bf16 / fp32 maps, except under ``torch.compile`` tracing.
+        residual_norm: None or the residual's own training BatchNorm (:class:`ResidualNorm`, its running statistics
+            updated too): ``act(bn(x) + bn_r(residual))``, a downsampling block's tail. The Triton path applies
+            ``bn_r`` inside the add (its map is never written); with an activation other than none / relu it takes
+            the torch path.
 
     Returns y of x's shape and dtype (Triton: x's memory format; statistics and math in fp32).
     """
     _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+    _check_residual_norm(residual, residual_norm)
     if torch.compiler.is_compiling() and backend == "auto":
         backend = "torch"
+    if residual_norm is not None and act not in ("none", "relu") and backend != "triton":
+        backend = "torch"  # the kernels recompute act'(z) only from a mask / the output with a normalized residual
 
     def unsupported():
-        return _unsupported(x, weight, bias, running_mean, residual)
+        if residual_norm is not None and act not in ("none", "relu"):
+            return f"act must be none or relu with a residual_norm, got {act!r}"
+        reason = _unsupported(x, weight, bias, running_mean, residual)
+        if reason is None and residual_norm is not None:
+            reason = _unsupported(residual, residual_norm.weight, residual_norm.bias, residual_norm.running_mean,
+                                  None)
+        return reason
 
     if resolve_backend(backend, x, weight, bias, running_mean, running_var, residual, op="batch_norm_act",
                        unsupported_reason=unsupported) != "triton":
-        return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual)
+        return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual, residual_norm)
     from ._batch_norm_triton import batch_norm_act_triton
 
+    if residual_norm is not None:
+        residual_norm = residual_norm._replace(momentum=float(residual_norm.momentum), eps=float(residual_norm.eps))
     return batch_norm_act_triton(x, weight, bias, running_mean, running_var, float(momentum), float(eps), act,
-                                 residual)
+                                 residual, residual_norm)
 
 
 def _check_pool(kernel_size, stride, padding, x: torch.Tensor) -> None:
