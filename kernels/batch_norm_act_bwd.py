@@ -3,6 +3,9 @@ elementwise, from the per-channel sums of ``batch_norm_act_bwd_reduce.py``:
 
 ``dx = weight * invstd * (dz - sum(dz) / M - xhat * sum(dz * xhat) / M)``, ``dresidual = dz``
 
+or, when the residual had its own BatchNorm (``RES_NORM``), the same formula for it with its statistics, weight and
+``sum(dz * rhat)`` (the reduction's third row): the gradient of the residual's input, not of its normalized map.
+
 with ``dz = dy * act'(z)`` recomputed exactly as the reduction did (same tile function). One read of dy and x (and the
 output or residual when ``dz`` needs it), one write of dx (and of dresidual); torch's activation backward, BatchNorm
 backward reduce and elementwise kernels read the map six times and write it twice.

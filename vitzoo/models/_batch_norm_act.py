@@ -6,6 +6,9 @@ Training on CUDA takes the fused op inside CUDA-graphed steps (``fused_backend="
 :func:`~vitzoo.models._step_kernels.fused_training_enabled`; ``"triton"`` forces it everywhere). Eval mode (where
 the inference paths fold the BatchNorms into their convolutions), eager training, CPU tensors, ``torch.compile``
 tracing, dropout between norm and activation and activations the op does not have run timm's forward.
+
+``forward_fused`` also serves the fused block tails (residual, and a shortcut's norm as ``residual_bn``) and
+``forward_fused_max_pool`` the pooled stem (``vitzoo/models/_conv_norm_act.py``).
 """
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ Fused: ``ConvNormAct`` with a ReLU (stem, 1x1 reductions, 3x3 convs), and the bl
 shortcut)``. Not fused: BN-only convs outside a tail (the downsampling shortcut) and the BN + ReLU after halo
 attention (no conv to fold into). Training, anything recording autograd, ``torch.compile`` tracing and CPU tensors run
 timm's forward, so CPU outputs equal timm's exactly; ``fused=True`` forces the folded path anywhere (tests).
+
+In graphed training (the BatchNorm op, ``_batch_norm_act.py``): a block tail is one op, with a downsampling
+shortcut's conv -> BN normalized inside its add, and a max-pooling stem ends in one BN + activation + pool op
+(:class:`FusedPoolStem`).
 """
 from __future__ import annotations
 

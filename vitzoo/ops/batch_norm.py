@@ -10,6 +10,10 @@ forward, reads dy and x twice and writes dx once backward (``vitzoo.kernels.batc
 The torch path is ``torch.nn.functional.batch_norm`` then the add and the activation: exactly timm's
 ``BatchNormAct2d`` (and a ByobNet block tail), so CPU results equal timm's. Under ``torch.compile`` tracing the op
 takes the torch path (Inductor fuses these passes itself).
+
+Two relatives (kernels/README.md, "Seventeenth run"): ``residual_norm=`` gives the residual its own BatchNorm inside
+the add (a downsampling block's tail ``relu(bn(x) + bn_r(r))``), and :func:`batch_norm_act_max_pool` ends a stem
+with its norm, activation and max pool as one op.
 """
 from __future__ import annotations
 
