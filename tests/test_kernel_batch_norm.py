@@ -396,5 +396,8 @@ def test_residual_norm_errors():
         batch_norm_act(x, None, None, None, None, act="relu", residual_norm=norm)
     with pytest.raises(ValueError, match="residual_norm must be None or a vitzoo.ops.ResidualNorm"):
         batch_norm_act(x, None, None, None, None, act="relu", residual=x, residual_norm=(None,) * 6)
+    with pytest.raises(ValueError, match="batch_norm_act residual_norm: weight must be None or a tensor of shape"):
+        batch_norm_act(x, None, None, None, None, act="relu", residual=x, residual_norm=norm._replace(
+            weight=torch.ones(3)))
     with pytest.raises(ValueError, match="act must be none or relu with a residual_norm"):
         batch_norm_act(x, None, None, None, None, act="gelu", residual=x, residual_norm=norm, backend="triton")

@@ -55,29 +55,31 @@ def _act_torch(y: torch.Tensor, act: str) -> torch.Tensor:
     return y
 
 
-def _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual) -> None:
+def _check(x, weight, bias, running_mean, running_var, momentum, eps, act, residual,
+           op: str = "batch_norm_act") -> None:
+    """ValueError naming the parameter (``op``: the name the messages start with)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"batch_norm_act: x must be a floating-point (N, C, H, W) tensor, got "
+        raise ValueError(f"{op}: x must be a floating-point (N, C, H, W) tensor, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     channels = x.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (channels,)):
-            raise ValueError(f"batch_norm_act: {name} must be None or a tensor of shape ({channels},), got "
+            raise ValueError(f"{op}: {name} must be None or a tensor of shape ({channels},), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if (running_mean is None) != (running_var is None):
-        raise ValueError("batch_norm_act: running_mean and running_var must both be tensors or both be None")
+        raise ValueError(f"{op}: running_mean and running_var must both be tensors or both be None")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"batch_norm_act: momentum must be a float in [0, 1], got {momentum!r} (a cumulative average, "
+        raise ValueError(f"{op}: momentum must be a float in [0, 1], got {momentum!r} (a cumulative average, "
                          f"BatchNorm's momentum=None, is computed by the caller: 1 / num_batches_tracked)")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0:
-        raise ValueError(f"batch_norm_act: eps must be a positive float, got {eps!r}")
+        raise ValueError(f"{op}: eps must be a positive float, got {eps!r}")
     if act not in BN_ACTIVATIONS:
-        raise ValueError(f"batch_norm_act: act must be one of {BN_ACTIVATIONS}, got {act!r}")
+        raise ValueError(f"{op}: act must be one of {BN_ACTIVATIONS}, got {act!r}")
     if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
-        raise ValueError(f"batch_norm_act: residual must be None or a tensor of x's shape {tuple(x.shape)}, got "
+        raise ValueError(f"{op}: residual must be None or a tensor of x's shape {tuple(x.shape)}, got "
                          f"{tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__}")
     if x.numel() // max(channels, 1) < 2:
-        raise ValueError(f"batch_norm_act: expected more than 1 value per channel when training, got input of shape "
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got input of shape "
                          f"{tuple(x.shape)}")
 
 
@@ -89,7 +91,7 @@ def _check_residual_norm(residual: Optional[torch.Tensor], residual_norm) -> Non
                          f"{type(residual_norm).__name__}")
     if residual is None:
         raise ValueError("batch_norm_act: residual_norm needs a residual")
-    _check(residual, *residual_norm, "none", None)
+    _check(residual, *residual_norm, "none", None, op="batch_norm_act residual_norm")
 
 
 def batch_norm_act_torch(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
