@@ -22,8 +22,8 @@ import triton.language as tl
 
 
 __all__ = ["map_strides", "row_uniform", "check_same_rows", "row_offsets", "untuned_tile", "tile_configs",
-           "interpret_config", "load_stats", "mask_byte", "mask_strides", "pack_positive_bits", "positive_bit",
-           "ELEMENTWISE_TILES", "REDUCTION_TILES", "MASK_BITS", "MASK_BITS_C"]
+           "interpret_config", "elementwise_tile", "load_stats", "mask_byte", "mask_strides", "pack_positive_bits",
+           "positive_bit", "ELEMENTWISE_TILES", "REDUCTION_TILES", "MASK_BITS", "MASK_BITS_C"]
 
 INTERPRET_BLOCKS = (8, 16)  # (BLOCK_M, BLOCK_C) under the CPU interpreter: several tiles per chunk on tiny maps
 # (BLOCK_M rows, BLOCK_C channels, warps) autotuned; the untuned pick is each kernel's rule (``untuned_tile``)
@@ -75,6 +75,15 @@ def tile_configs(tiles):
 
 def interpret_config():
     return triton.Config({"BLOCK_M": INTERPRET_BLOCKS[0], "BLOCK_C": INTERPRET_BLOCKS[1]}, num_warps=4, num_stages=1)
+
+
+@triton.jit
+def elementwise_tile(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(rows, cs, c_ok, mask, cs64) of this program's [BLOCK_M rows, BLOCK_C channels] tile on an (M, C) grid."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cs < C
+    return rows, cs, c_ok, (rows < M)[:, None] & c_ok[None, :], cs.to(tl.int64)
 
 
 @triton.jit

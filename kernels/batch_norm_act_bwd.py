@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS
-from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, interpret_config, load_stats, map_strides,
-                                 row_offsets, row_uniform, tile_configs, untuned_tile)
+from ._batch_norm_common import (ELEMENTWISE_TILES, check_same_rows, elementwise_tile, interpret_config, load_stats,
+                                 map_strides, row_offsets, row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
@@ -52,11 +52,7 @@ def _batch_norm_act_bwd_kernel(
     RES_NORM: tl.constexpr, HAS_RES_WEIGHT: tl.constexpr, ROW_UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    mask = (rows < M)[:, None] & c_ok[None, :]
-    cs64 = cs.to(tl.int64)
+    rows, cs, c_ok, mask, cs64 = elementwise_tile(M, C, BLOCK_M, BLOCK_C)
     mean, invstd, scale, beta = load_stats(STATS, stride_s, cs, c_ok)
     total = M.to(tl.float32)
     mean_dz = tl.load(SUMS + cs, mask=c_ok, other=0.0) / total

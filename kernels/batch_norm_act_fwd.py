@@ -16,9 +16,9 @@ import triton
 import triton.language as tl
 
 from ._activation import ACTIVATIONS, apply_act
-from ._batch_norm_common import (ELEMENTWISE_TILES, MASK_BITS, MASK_BITS_C, check_same_rows, interpret_config,
-                                 load_stats, map_strides, pack_positive_bits, row_offsets, row_uniform, tile_configs,
-                                 untuned_tile)
+from ._batch_norm_common import (ELEMENTWISE_TILES, MASK_BITS, MASK_BITS_C, check_same_rows, elementwise_tile,
+                                 interpret_config, load_stats, map_strides, pack_positive_bits, row_offsets,
+                                 row_uniform, tile_configs, untuned_tile)
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
@@ -48,14 +48,8 @@ def _batch_norm_act_fwd_kernel(
     ROW_UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    mask = (rows < M)[:, None] & c_ok[None, :]
-    cs64 = cs.to(tl.int64)
-    mean = tl.load(STATS + cs, mask=c_ok, other=0.0)
-    scale = tl.load(STATS + 2 * stride_s + cs, mask=c_ok, other=0.0)
-    beta = tl.load(STATS + 3 * stride_s + cs, mask=c_ok, other=0.0)
+    rows, cs, c_ok, mask, cs64 = elementwise_tile(M, C, BLOCK_M, BLOCK_C)
+    mean, _, scale, beta = load_stats(STATS, stride_s, cs, c_ok)
     x_offs = row_offsets(rows, L, stride_xn, stride_xl, ROW_UNIFORM)[:, None] + (cs64 * stride_xc)[None, :]
     z = (tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * scale[None, :] + beta[None, :]
     if HAS_RESIDUAL:

@@ -31,6 +31,15 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _chunk_means(PARTS, p0, P, M, C, ROWS_PER_PROGRAM, cs, c_ok, BLOCK_P: tl.constexpr):
+    """Chunks p0 .. p0 + BLOCK_P: (indices, mask, row counts n_p, means) for channels ``cs``."""
+    ps = p0 + tl.arange(0, BLOCK_P)
+    mask = (ps < P)[:, None] & c_ok[None, :]
+    count = tl.minimum(ROWS_PER_PROGRAM, M - ps * ROWS_PER_PROGRAM).to(tl.float32)
+    return ps, mask, count, tl.load(PARTS + ps[:, None] * C + cs[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _batch_norm_stats_merge_kernel(
     PARTS, STATS, WEIGHT, BIAS, RUNNING_MEAN, RUNNING_VAR,
     stride_pp, stride_s,  # plane strides of PARTS (2, P, C) and STATS (4, C)
@@ -44,18 +53,12 @@ def _batch_norm_stats_merge_kernel(
     total = M.to(tl.float32)
     weighted = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        mask = (ps < P)[:, None] & c_ok[None, :]
-        count = tl.minimum(ROWS_PER_PROGRAM, M - ps * ROWS_PER_PROGRAM).to(tl.float32)
-        mean_p = tl.load(PARTS + ps[:, None] * C + cs[None, :], mask=mask, other=0.0)
+        ps, mask, count, mean_p = _chunk_means(PARTS, p0, P, M, C, ROWS_PER_PROGRAM, cs, c_ok, BLOCK_P)
         weighted += tl.where(mask, mean_p * count[:, None], 0.0)
     mean = tl.sum(weighted, axis=0) / total
     m2_acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for p0 in range(0, P, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        mask = (ps < P)[:, None] & c_ok[None, :]
-        count = tl.minimum(ROWS_PER_PROGRAM, M - ps * ROWS_PER_PROGRAM).to(tl.float32)
-        mean_p = tl.load(PARTS + ps[:, None] * C + cs[None, :], mask=mask, other=0.0)
+    for p0 in range(0, P, BLOCK_P):  # second pass: the deviations need the batch mean
+        ps, mask, count, mean_p = _chunk_means(PARTS, p0, P, M, C, ROWS_PER_PROGRAM, cs, c_ok, BLOCK_P)
         m2_p = tl.load(PARTS + stride_pp + ps[:, None] * C + cs[None, :], mask=mask, other=0.0)
         delta = mean_p - mean[None, :]
         m2_acc += tl.where(mask, m2_p + delta * delta * count[:, None], 0.0)

@@ -45,6 +45,11 @@ def _impls(quick: bool):
         y = F.batch_norm(x, mean, var, w, b, True, MOMENTUM, EPS)
         return _act(y + res if res is not None else y, act)
 
+    return _versus(ours, torch_form, quick)
+
+
+def _versus(ours: Callable, torch_form: Callable, quick: bool) -> list:
+    """(name, fn) of vitzoo's op, the torch form and (full runs) torch.compile of the torch form."""
     impls = [("vitzoo_triton", ours), ("torch", torch_form)]
     if not quick:
         impls.append(("torch_compile", torch.compile(torch_form, dynamic=False)))
@@ -101,11 +106,8 @@ def run_pool(quick: bool) -> List[dict]:
     def torch_form(x, w, b, mean, var):
         return F.max_pool2d(F.relu_(F.batch_norm(x, mean, var, w, b, True, MOMENTUM, EPS)), *pool)
 
-    impls = [("vitzoo_triton", ours), ("torch", torch_form)]
-    if not quick:
-        impls.append(("torch_compile", torch.compile(torch_form, dynamic=False)))
     rows = []
-    for impl, fn in impls:
+    for impl, fn in _versus(ours, torch_form, quick):
         mean, var = torch.zeros(channels, device="cuda"), torch.ones(channels, device="cuda")
         fwd: Callable[[], torch.Tensor] = lambda fn=fn, mean=mean, var=var: fn(x, w, b, mean, var)  # noqa: E731
         rows.append(timed_row(PATTERN, case, impl, fwd, grad, [x, w, b], f"shape={shape} relu max_pool{pool}",

@@ -17,6 +17,7 @@ import triton.language as tl
 from ._intmath import cdiv
 from ._launch import launch
 from ._tuning import mode_pruner
+from .depthwise_conv_fwd import pixel_row_tile
 
 __all__ = ["depthwise_conv_bwd_input"]
 
@@ -41,14 +42,7 @@ def _depthwise_conv_bwd_input_kernel(
     K: tl.constexpr, STRIDE: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_row = tl.program_id(0)  # (input row, column block)
-    b = tl.program_id(1).to(tl.int64)
-    col_blocks = (W + BLOCK_W - 1) // BLOCK_W
-    ih = pid_row // col_blocks
-    iw = (pid_row % col_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    iw_ok = iw < W
+    b, ih, iw, iw_ok, cs, c_ok = pixel_row_tile(W, C, BLOCK_W, BLOCK_C)  # one input row
 
     acc = tl.zeros([BLOCK_W, BLOCK_C], tl.float32)
     dy_img = DY + b * stride_yb

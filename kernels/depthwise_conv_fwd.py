@@ -52,6 +52,19 @@ _prune = mode_pruner(triton.Config({"BLOCK_W": INTERPRET_BLOCKS[0], "BLOCK_C": I
                                    num_stages=1), untuned=_untuned_config)
 
 
+@triton.jit
+def pixel_row_tile(width, C, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile of a (row x column-block, image, channel-block) grid over a map ``width`` pixels wide:
+    (image b as int64, row, the BLOCK_W columns and their in-bounds mask, the BLOCK_C channels and theirs). Shared by
+    the depthwise kernels that own one row of the map they write."""
+    col_blocks = (width + BLOCK_W - 1) // BLOCK_W
+    pid_row = tl.program_id(0)
+    row = pid_row // col_blocks
+    cols = (pid_row % col_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
+    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tl.program_id(1).to(tl.int64), row, cols, cols < width, cs, cs < C
+
+
 @triton.autotune(configs=_configs(), key=["C", "W_OUT", "STRIDE", "K"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _depthwise_conv_fwd_kernel(
@@ -62,14 +75,7 @@ def _depthwise_conv_fwd_kernel(
     K: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_row = tl.program_id(0)  # (output row, column block)
-    b = tl.program_id(1).to(tl.int64)
-    col_blocks = (W_OUT + BLOCK_W - 1) // BLOCK_W
-    oh = pid_row // col_blocks
-    ow = (pid_row % col_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    ow_ok = ow < W_OUT
+    b, oh, ow, ow_ok, cs, c_ok = pixel_row_tile(W_OUT, C, BLOCK_W, BLOCK_C)
 
     acc = tl.zeros([BLOCK_W, BLOCK_C], tl.float32)
     x_img = X + b * stride_xb

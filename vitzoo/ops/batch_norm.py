@@ -164,11 +164,9 @@ def batch_norm_act(
     _check_residual_norm(residual, residual_norm)
     if torch.compiler.is_compiling() and backend == "auto":
         backend = "torch"
-    if residual_norm is not None and act not in ("none", "relu") and backend != "triton":
-        backend = "torch"  # the kernels recompute act'(z) only from a mask / the output with a normalized residual
 
     def unsupported():
-        if residual_norm is not None and act not in ("none", "relu"):
+        if residual_norm is not None and act not in ("none", "relu"):  # act'(z) comes from a mask or the output
             return f"act must be none or relu with a residual_norm, got {act!r}"
         reason = _unsupported(x, weight, bias, running_mean, residual)
         if reason is None and residual_norm is not None:
@@ -176,8 +174,9 @@ def batch_norm_act(
                                   None)
         return reason
 
-    if resolve_backend(backend, x, weight, bias, running_mean, running_var, residual, op="batch_norm_act",
-                       unsupported_reason=unsupported) != "triton":
+    norm_tensors = residual_norm[:4] if residual_norm is not None else ()
+    if resolve_backend(backend, x, weight, bias, running_mean, running_var, residual, *norm_tensors,
+                       op="batch_norm_act", unsupported_reason=unsupported) != "triton":
         return _run_torch(x, weight, bias, running_mean, running_var, momentum, eps, act, residual, residual_norm)
     from ._batch_norm_triton import batch_norm_act_triton
 
