@@ -21,7 +21,7 @@ from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton._C.libtriton import ir  # noqa: E402
 
-from vitzoo.kernels import (_launch, batch_norm_act_bwd, batch_norm_act_bwd_reduce, batch_norm_act_fwd,  # noqa: E402
+from vitzoo.kernels import (_launch, batch_norm_act_bwd, cascaded_attention_fwd, batch_norm_act_bwd_reduce, batch_norm_act_fwd,  # noqa: E402
                             batch_norm_act_max_pool_fwd, batch_norm_stats, batch_norm_stats_merge, channel_dot,
                             channel_scale, depthwise_conv_bwd_input, depthwise_conv_bwd_weight, layer_norm_bwd,
                             layer_norm_fwd, max_pool_bwd, neighborhood_bwd_dkdv, neighborhood_bwd_dq,
@@ -177,13 +177,30 @@ def lower_conv_train() -> None:
         channel_dot.channel_dot(flat, flat)
 
 
+def lower_cascaded() -> None:
+    """EfficientViT's cascaded group attention: 7x7 windows with per-head kernels 7 / 5 / 3 (bf16), a padded value
+    dim (96 -> 128, fp16), a small global map with one head and a 1x1 depth-wise kernel (fp32)."""
+    # (B, H, W, heads, key_dim, d_v, kernel sizes, window, table resolution, dtype)
+    cases = [(1, 14, 14, 3, 16, 64, (7, 5, 3), (7, 7), 7, torch.bfloat16),
+             (1, 7, 7, 4, 16, 96, (7, 5, 3, 3), (7, 7), 7, torch.float16),
+             (1, 4, 3, 1, 32, 16, (1,), (4, 3), 4, torch.float32)]
+    for batch, height, width, heads, key_dim, v_dim, kernels, window, res, dtype in cases:
+        ks = max(kernels)
+        x = torch.zeros(batch, height, width, heads * v_dim, dtype=dtype)
+        cascaded_attention_fwd.cascaded_attention_fwd(
+            x, torch.zeros(heads, v_dim, 2 * key_dim + v_dim, dtype=dtype), torch.zeros(heads, 2 * key_dim + v_dim),
+            torch.zeros(heads, ks * ks, key_dim), torch.zeros(heads, key_dim), [k // 2 for k in kernels],
+            torch.zeros(heads, res * res), window, 0.25, dtype != torch.float32)
+
+
 def main() -> None:
-    for module in (channel_dot, channel_scale, depthwise_conv_bwd_input, depthwise_conv_bwd_weight,
+    for module in (cascaded_attention_fwd, channel_dot, channel_scale, depthwise_conv_bwd_input, depthwise_conv_bwd_weight,
                    batch_norm_stats, batch_norm_stats_merge, batch_norm_act_fwd, batch_norm_act_bwd_reduce,
                    batch_norm_act_bwd, batch_norm_act_max_pool_fwd, max_pool_bwd, neighborhood_fwd,
                    neighborhood_bwd_dq, neighborhood_bwd_dkdv, neighborhood_bwd_dq_dense_bias, routed_fwd,
                    routed_bwd_dq, routed_bwd, routed_inverse_index, layer_norm_fwd, layer_norm_bwd):
         module.launch = lower
+    lower_cascaded()
     lower_layer_norm()
     lower_batch_norm()
     lower_max_pool()

@@ -61,5 +61,6 @@ def test_kernels_lower_for_gpu():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert done.stdout.count("lowered") >= 5 * 4 * 3  # five geometries without a dense bias x four configs x three
     for kernel in ("_routed_fwd_kernel", "_routed_bwd_dq_kernel", "_routed_bwd_dkdv_kernel",
-                   "_routed_inverse_index_kernel", "_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel"):
+                   "_routed_inverse_index_kernel", "_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel",
+                   "_cascaded_attention_fwd_kernel"):
         assert f"lowered {kernel}" in done.stdout, kernel

@@ -1,4 +1,4 @@
-"""EfficientViT (MSRA) on vitzoo's neighborhood-attention op.
+"""EfficientViT (MSRA) on vitzoo's attention ops.
 
 Paper: `EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention` (Liu et al., CVPR 2023)
     - https://arxiv.org/abs/2305.07027
@@ -6,17 +6,20 @@ Paper: `EfficientViT: Memory Efficient Vision Transformer with Cascaded Group At
 Weight-compatible with timm's ``efficientvit_m0`` ... ``efficientvit_m5`` (identical state_dict keys) and, through
 :func:`checkpoint_filter_fn`, with the official microsoft/Cream ``EfficientViT/classification`` checkpoints.
 
-What differs from timm is the token mixer: every head's local-window attention is one
-:func:`vitzoo.ops.neighborhood_attention_2d` call on the whole (padded) feature map with ``stride == kernel ==
-window`` and the LeViT ``|dy|, |dx|`` attention biases expanded once (cached in inference) to the op's dense
-``(heads, k*k, k*k)`` bias, instead of window partition/reverse copies plus an explicit (N, N) softmax per head.
+What differs from timm is the token mixer, the cascaded group attention (head ``i + 1`` reads ``input_chunk[i + 1] +
+output[i]``):
+
+- Inference (eval, no autograd): every head of a layer in one :func:`vitzoo.ops.cascaded_group_attention` call. The
+  cascade is sequential across heads but local to each window (the 1x1 projection, the query's depth-wise conv
+  zero-padded at window borders, the window attention), so one Triton program carries a window through all heads;
+  no partition copies, no padded copy, no per-head launches, and the ReLU before the output projection rides along.
+- Training: every head's local-window attention is one :func:`vitzoo.ops.neighborhood_attention_2d` call on the
+  whole (padded) feature map with ``stride == kernel == window`` and the LeViT ``|dy|, |dx|`` attention biases
+  expanded to the op's dense ``(heads, k*k, k*k)`` bias, instead of window partition/reverse copies plus an explicit
+  (N, N) softmax per head; the per-head projection and query conv stay sequential.
 
 In eval, every ``ConvNorm`` (timm's conv + BatchNorm, also inside timm's blocks used here) runs as one convolution
 with the BatchNorm folded in (``_conv_bn.py``); training runs the two modules as timm does.
-
-The cascade (head ``i + 1`` reads ``input_chunk[i + 1] + output[i]``) makes the per-head qkv projection, query
-depth-wise conv and attention inherently sequential; what is independent is done once for all heads: the input
-split, the bias expansion and the output projection.
 """
 from __future__ import annotations
 
@@ -34,11 +37,11 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from timm.models.efficientvit_msra import ConvMlp, ConvNorm, NormLinear, PatchEmbedding, PatchMerging, ResidualDrop
 
-from vitzoo.ops import BACKENDS, neighborhood_attention_2d
+from vitzoo.ops import BACKENDS, cascaded_group_attention, neighborhood_attention_2d
 from vitzoo.ops._weight_cache import cached_from_weights
 
 from ._linear import convert_linears
-from ._conv_bn import fold_conv_norms
+from ._conv_bn import autocast_dtype, fold_conv_norms, folded_conv_bn
 
 __all__ = ["EfficientVitMsraVz", "CascadedGroupAttentionVz", "LocalWindowAttentionVz", "checkpoint_filter_fn"]
 
@@ -74,7 +77,8 @@ def _windowed_conv(conv: nn.Module, x: torch.Tensor, window: Optional[int]) -> t
 
 
 class CascadedGroupAttentionVz(nn.Module):
-    """Cascaded group attention over non-overlapping windows (or the whole map), one op call per head.
+    """Cascaded group attention over non-overlapping windows (or the whole map): one op call for every head in
+    inference (:meth:`forward_one_op`), one per head in training (:meth:`forward`).
 
     Parameter names and shapes match timm's ``CascadedGroupAttention``: ``qkvs.i`` (1x1 ConvNorm on the i-th
     channel chunk), ``dws.i`` (depth-wise ConvNorm on the query), ``proj`` (ReLU + ConvNorm) and
@@ -145,9 +149,27 @@ class CascadedGroupAttentionVz(nn.Module):
         cached = cached_from_weights((table,), ("efficientvit_dense_bias", kh, kw), build)
         return cached if cached is not None else table[:, index]
 
+    def runs_as_one_op(self, x: torch.Tensor) -> bool:
+        """Whether this call may run every head as one :func:`vitzoo.ops.cascaded_group_attention` call: inference
+        (BatchNorms on running statistics, folded) with no autograd recording."""
+        if self.training or any(m.bn.training or m.bn.running_var is None for m in (*self.qkvs, *self.dws)):
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+    def forward_one_op(self, x: torch.Tensor, window: Optional[int] = None) -> torch.Tensor:
+        """Inference: every head in one op call on the unpadded map (the op pads to whole windows itself), the
+        BatchNorms folded into the convolutions (cached), then the output projection."""
+        dtype = autocast_dtype(x.device.type) or self.attention_biases.dtype
+        qkv = [folded_conv_bn(m.conv, m.bn, dtype) for m in self.qkvs]
+        dws = [folded_conv_bn(m.conv, m.bn, self.attention_biases.dtype) for m in self.dws]
+        out = cascaded_group_attention(
+            x, [w for w, _ in qkv], [b for _, b in qkv], [w for w, _ in dws], [b for _, b in dws],
+            self.attention_biases, self.key_dim, window, self.scale, relu=True, backend=self.attn_backend)
+        return self.proj[1](out)  # proj = ReLU (applied by the op) + ConvNorm
+
     def forward(self, x: torch.Tensor, window: Optional[int] = None) -> torch.Tensor:
         """x: (B, C, H, W); ``window``: attend within non-overlapping ``window x window`` tiles (H and W must be
-        multiples of it), ``None``: every token attends to the whole map."""
+        multiples of it), ``None``: every token attends to the whole map. One op call per head."""
         B, C, H, W = x.shape
         kernel = (window, window) if window is not None else (H, W)
         bias = self.dense_bias(kernel)
@@ -205,12 +227,14 @@ class LocalWindowAttentionVz(nn.Module):
                     f"feature map {H}x{W} needs a {max(H, W)}x{max(H, W)} attention-bias table but this block was "
                     f"built for a {self.resolution}x{self.resolution} map ({table}x{table} table); build the model "
                     f"with a larger img_size")
-            return self.attn(x, None)
+            return self.attn.forward_one_op(x) if self.attn.runs_as_one_op(x) else self.attn(x, None)
         if table != win:
             raise ValueError(
                 f"feature map {H}x{W} needs {win}x{win} windows but this block was built for a "
                 f"{self.resolution}x{self.resolution} map ({table}x{table} attention-bias table); build the model "
                 f"with a larger img_size")
+        if self.attn.runs_as_one_op(x):
+            return self.attn.forward_one_op(x, win)
         pad_b, pad_r = (-H) % win, (-W) % win
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))

@@ -10,6 +10,7 @@ from .routed import route_regions, routed_attention, routed_attention_torch
 from .layer_norm import layer_norm, layer_norm_torch
 from .linear import linear
 from .channel import channel_attention, channel_attention_torch
+from .cascaded import cascaded_group_attention, cascaded_group_attention_torch
 from .residual import bias_residual_add
 from .conv_act import channel_scale_, conv2d_bias_relu, depthwise_conv2d_act, same_padding
 from .batch_norm import (ResidualNorm, batch_norm_act, batch_norm_act_max_pool, batch_norm_act_max_pool_torch,

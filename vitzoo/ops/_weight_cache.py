@@ -74,7 +74,10 @@ def cached_from_weights(weights: Sequence[Optional[torch.Tensor]], key: Hashable
         hit = entries.get(full_key)
         if hit is not None and hit[0] == versions and all(ref() is b for ref, b in zip(hit[1], bases)):
             return hit[2]
-    value = build()
+    # Normal tensors even under inference mode, without autograd history: a cached value can then key another
+    # cache built from it (a model's folded weights -> an op's kernel layout of them), which needs version counters.
+    with torch.inference_mode(False), torch.no_grad():
+        value = build()
     if entries is None:
         entries = _CACHE[id(owner)] = {}
         weakref.finalize(owner, _forget, id(owner))
