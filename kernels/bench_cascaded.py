@@ -16,6 +16,7 @@ from typing import List
 import torch
 
 from ._bench_utils import gpu_time_ms, hbm_floor_ms, row, time_ms
+from .gpu_check_cascaded import randomize
 
 PATTERN = "cascaded"
 BATCH = 256
@@ -32,13 +33,7 @@ def _layers(dim: int, heads: int, size: int, kernels):
 
     args = dict(dim=dim, key_dim=16, num_heads=heads, attn_ratio=dim / (16 * heads), resolution=size,
                 window_resolution=7, kernels=kernels)
-    ref = LocalWindowAttention(**args)
-    with torch.no_grad():
-        ref.attn.attention_biases.normal_()
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.running_var.uniform_(0.5, 1.5)
+    ref = randomize(LocalWindowAttention(**args))
     ours = LocalWindowAttentionVz(**args)
     ours.load_state_dict(ref.state_dict())
     to_gpu = dict(device="cuda", memory_format=torch.channels_last)

@@ -58,7 +58,7 @@ def _op_rows() -> List[Dict]:
     return rows
 
 
-def _randomize(model: torch.nn.Module) -> None:
+def randomize(model: torch.nn.Module) -> torch.nn.Module:
     """Non-trivial BatchNorm statistics and attention biases (timm initialises the biases to zero)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -70,6 +70,7 @@ def _randomize(model: torch.nn.Module) -> None:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+    return model
 
 
 def _model_rows() -> List[Dict]:
@@ -79,8 +80,7 @@ def _model_rows() -> List[Dict]:
 
     rows: List[Dict] = []
     for name in MODELS:
-        ref = timm.create_model(name).to(DEVICE).eval()
-        _randomize(ref)
+        ref = randomize(timm.create_model(name).to(DEVICE).eval())
         ours = timm.create_model("vz_" + name).to(DEVICE).eval()
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(32, 3, 224, 224, device=DEVICE).contiguous(memory_format=torch.channels_last)

@@ -84,6 +84,18 @@ def test_weights_changed_in_place_are_reread():
     assert _rel(second, first) > 1e-2 and _rel(second, exact) <= 2e-6
 
 
+def _randomized(layer):
+    """Unit-scale attention biases (timm initialises them to zero) and non-trivial BatchNorm statistics."""
+    with torch.no_grad():
+        layer.attn.attention_biases.normal_()
+        for m in layer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return layer
+
+
 def _fold(conv_norm):
     """(weight, bias) of timm's eval ConvNorm (conv, then BatchNorm) as one convolution, in float64 (timm's own
     ``fuse()`` builds a float32 conv)."""
@@ -96,15 +108,8 @@ def _fold(conv_norm):
 def test_reference_matches_timm_layer(resolution, window):
     """The torch reference against timm's LocalWindowAttention (float64, eval, same weights): padded windows,
     global attention, exact windows; kernels 3 / 5 / 7 per head."""
-    layer = LocalWindowAttention(48, 16, 3, attn_ratio=1, resolution=resolution, window_resolution=window,
-                                 kernels=(3, 5, 7)).double().eval()
-    with torch.no_grad():
-        layer.attn.attention_biases.normal_()
-        for m in layer.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
+    layer = _randomized(LocalWindowAttention(48, 16, 3, attn_ratio=1, resolution=resolution,
+                                             window_resolution=window, kernels=(3, 5, 7)).double().eval())
     attn = layer.attn
     qkv, dws = [_fold(c) for c in attn.qkvs], [_fold(c) for c in attn.dws]
     x = torch.randn(2, 48, resolution, resolution, dtype=torch.float64)
@@ -124,14 +129,8 @@ def test_efficientvit_layer_runs_every_head_in_one_call(monkeypatch):
     calls = []
     real = evit.cascaded_group_attention
     monkeypatch.setattr(evit, "cascaded_group_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
-    layer = evit.LocalWindowAttentionVz(32, 16, 2, attn_ratio=1, resolution=9, window_resolution=7, kernels=(3, 5),
-                                        attn_backend="triton").eval()
-    with torch.no_grad():
-        layer.attn.attention_biases.normal_()
-        for m in layer.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
+    layer = _randomized(evit.LocalWindowAttentionVz(32, 16, 2, attn_ratio=1, resolution=9, window_resolution=7,
+                                                    kernels=(3, 5), attn_backend="triton").eval())
     x = torch.randn(2, 32, 9, 9)
     with torch.no_grad():
         one_op = layer(x)
