@@ -24,8 +24,13 @@ def test_cards_and_readme_table_are_exactly_what_the_measurements_give():
 def test_card_numbers_match_the_measurements_file():
     rows = {}
     for path in make_cards.measurement_files():  # later files win, as in make_cards
-        rows.update({r["model"]: r for r in json.load(open(path))["rows"]
-                     if not r.get("compiled") and r.get("mode", "eager") == "eager"})
+        for r in json.load(open(path))["rows"]:
+            if r.get("compiled") or r.get("mode", "eager") != "eager":
+                continue
+            old = rows.get(r["model"])  # a run that left the train step out keeps the earlier train numbers
+            keep = (old is not None and r.get(make_cards.TRAIN_KEPT) and make_cards.train_left_out(r)
+                    and not make_cards.train_left_out(old))
+            rows[r["model"]] = dict(r, **{k: old[k] for k in make_cards.TRAIN_KEYS if k in old}) if keep else r
     measured = [n for n in make_cards.vitzoo_models() if n in rows and rows[n].get("infer_img_s")]
     assert measured, "the measurements file has no vitzoo model"
     for name in measured:
@@ -86,3 +91,19 @@ def test_graph_mode_rows_are_kept_apart_from_eager_rows(tmp_path):
     lines = make_cards._mode_rows("vz_davit_tiny", {"model": "davit_tiny"}, meas, "graph", "CUDA graph (whole step)")
     assert len(lines) == 1 and lines[0].startswith("| vitzoo `vz_davit_tiny` + CUDA graph (whole step)")
     assert "| 300 |" in lines[0] and "| 50 |" in lines[0]
+
+
+def test_a_run_without_train_step_keeps_the_earlier_train_numbers():
+    """Rows flagged train_step_unchanged (--skip-train runs of unchanged training code) replace the inference numbers
+    only; the earlier train numbers stay, named by their file. Unflagged rows without a train step show none, and a
+    failed or measured train step in the later run replaces the earlier numbers."""
+    old = {"model": "m", "infer_img_s": 1.0, "train_img_s": 2.0, "train_peak_GB": 3.0, "_file": "a.json"}
+    kept = {"model": "m", "infer_img_s": 5.0, make_cards.TRAIN_KEPT: True, "_file": "b.json"}
+    new = make_cards.merge_row(old, kept)
+    assert (new["infer_img_s"], new["train_img_s"], new["train_peak_GB"], new["_train_file"]) == (5.0, 2.0, 3.0,
+                                                                                                 "a.json")
+    assert make_cards.merge_row(new, dict(kept, _file="c.json"))["_train_file"] == "a.json"
+    assert make_cards.merge_row(old, {"model": "m", "infer_img_s": 5.0, "_file": "b.json"}).get("train_img_s") is None
+    failed = make_cards.merge_row(old, dict(kept, train_error="OOM"))
+    assert "train_img_s" not in failed and "_train_file" not in failed
+    assert make_cards.merge_row(old, dict(old, train_img_s=9.0, _file="b.json"))["train_img_s"] == 9.0

@@ -93,9 +93,11 @@ FAMILIES = {
         reference="timm efficientvit_m*",
         text="Small, fast ViT: sandwich layout (one attention between FFNs) and cascaded group attention, where each "
              "head attends over 7x7 local windows (key dim 16, LeViT attention biases) and feeds its output to the "
-             "next head. Loads timm's state dicts unchanged; each head's window attention is one kernel launch "
-             "(M0, M1) or two (M2-M5, whose value head dims 80-112 are split into chunks of at most 64 channels; see "
-             "kernels/README.md)."),
+             "next head. Loads timm's state dicts unchanged. Eager and torch.compile inference run every head of a "
+             "layer in one Triton kernel (vitzoo.ops.cascaded_group_attention: projection, query conv, window "
+             "attention, a window carried through all heads); training and CUDA-graphed inference run each head's "
+             "window attention as one neighborhood-attention launch (M0, M1) or two (M2-M5, whose value head dims "
+             "80-112 are split into chunks of at most 64 channels), which take less GPU time (kernels/README.md)."),
     "vz_halonet": dict(
         title="HaloNet (timm architecture)", paper="Scaling Local Self-Attention for Parameter Efficient Visual "
         "Backbones (Vaswani et al., CVPR 2021)", code="https://github.com/huggingface/pytorch-image-models",
@@ -149,18 +151,44 @@ def exact_params(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+TRAIN_KEYS = ("train_img_s", "train_peak_GB")
+
+
+TRAIN_KEPT = "train_step_unchanged"  # a row's flag: its run left the train step out because that code is unchanged
+
+
+def train_left_out(row: Dict) -> bool:
+    """A row of a run that measured no train step (``--skip-train``): neither a number nor a failure."""
+    return row.get("train_img_s") is None and not row.get("train_error")
+
+
+def merge_row(old: Optional[Dict], new: Dict) -> Dict:
+    """``new`` replaces ``old``, except that a row flagged ``train_step_unchanged`` (its run left the train step out,
+    whose code had not changed) keeps ``old``'s train numbers, with the file they came from as ``_train_file``. A run
+    that left the train step out for another reason (its old numbers no longer apply) shows none."""
+    if old is None or not new.get(TRAIN_KEPT) or not train_left_out(new) or train_left_out(old):
+        return new
+    return dict(new, **{k: old[k] for k in TRAIN_KEYS if k in old}, _train_file=old.get("_train_file", old["_file"]))
+
+
 def load_measurements(paths: List[str]) -> Dict:
-    """Rows of every file (a later file's row replaces an earlier one's); each row keeps its file and environment."""
+    """Rows of every file (a later file's row replaces an earlier one's, see :func:`merge_row`); each row keeps its
+    file and environment."""
     merged: Dict = {"by_model": {}, "compiled": {}, "graph": {}}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
         for r in data["rows"]:
             bucket = "compiled" if r.get("compiled") else "graph" if r.get("mode") == "graph" else "by_model"
-            merged[bucket][r["model"]] = dict(
-                r, _file=os.path.relpath(path, ROOT), _env=data["env"], _setting=data["setting"])
+            merged[bucket][r["model"]] = merge_row(merged[bucket].get(r["model"]), dict(
+                r, _file=os.path.relpath(path, ROOT), _env=data["env"], _setting=data["setting"]))
         merged["env"], merged["setting"] = data["env"], data["setting"]
     return merged
+
+
+def _train_source(row: Optional[Dict], separator: str = "; ") -> str:
+    """Where a row's train numbers were measured when that is another run than its inference numbers."""
+    return f"{separator}train step: `{row['_train_file']}`" if row and row.get("_train_file") else ""
 
 
 def _num(value: Optional[float], fmt: str) -> str:
@@ -182,7 +210,7 @@ def reference_of(name: str, meas: Dict):
     ours = meas["by_model"].get(name)
     if twin and twin in meas["by_model"]:
         ref = meas["by_model"][twin]
-        return f"timm `{twin}` ({_which_run(ours, ref)})", ref
+        return f"timm `{twin}` ({_which_run(ours, ref)}{_train_source(ref)})", ref
     official = f"official:{name}"  # tools/benchmark.py's competitor row: the official code, transcribed
     if official in meas["by_model"]:
         ref = meas["by_model"][official]
@@ -247,7 +275,8 @@ def card(name: str, meas: Dict) -> str:
     else:
         train = _num(row.get('train_img_s'), '.0f') if not row.get("train_error") else \
             "failed in this run: " + row["train_error"].split(":")[0]
-        lines.append(f"| vitzoo `{name}` | {_num(row.get('infer_img_s'), '.0f')} | "
+        label = f"vitzoo `{name}`" + (f" ({_train_source(row, '')})" if row.get("_train_file") else "")
+        lines.append(f"| {label} | {_num(row.get('infer_img_s'), '.0f')} | "
                      f"{_num(row.get('infer_peak_GB'), '.2f')} | {train} | {_num(row.get('train_peak_GB'), '.2f')} |")
     if ref is not None:
         lines.append(f"| {ref_label} | {_num(ref.get('infer_img_s'), '.0f')} | {_num(ref.get('infer_peak_GB'), '.2f')}"
@@ -291,7 +320,7 @@ def _mode_rows(name: str, ref: Optional[Dict], meas: Dict, bucket: str, how: str
             continue
         train = _num(r.get("train_img_s"), ".0f") if not r.get("train_error") else \
             "failed in this run: " + r["train_error"].split(":")[0]
-        rows.append(f"| {label} + {how} (`{r['_file']}`) | {_num(r.get('infer_img_s'), '.0f')} | "
+        rows.append(f"| {label} + {how} (`{r['_file']}`{_train_source(r)}) | {_num(r.get('infer_img_s'), '.0f')} | "
                     f"{_num(r.get('infer_peak_GB'), '.2f')} | {train} | {_num(r.get('train_peak_GB'), '.2f')} |")
     return rows
 
