@@ -70,26 +70,3 @@ def test_graph_steps_run_the_zoo_norm_through_the_op_in_training(monkeypatch):
         torch.testing.assert_close(g, e)
     norm(x)
     assert calls == [1]  # the switch is scoped to the block
-
-
-def test_graphed_forward_captures_with_the_inference_graph_kernels(monkeypatch):
-    """GraphedForward runs its warm-up and capture inside inference_graph_kernels (EfficientViT's per-head kernels:
-    less GPU time than its one-op eager path); the switch is off again afterwards. CUDA stand-ins: no GPU here."""
-    import contextlib
-
-    import vitzoo.cuda_graph as cuda_graph
-    from vitzoo.models._step_kernels import inference_graph_kernels_enabled
-
-    monkeypatch.setattr(cuda_graph, "_require_cuda", lambda t, name: None)
-    monkeypatch.setattr(cuda_graph, "_side_stream", contextlib.nullcontext)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
-    seen = []
-
-    class Probe(nn.Module):
-        def forward(self, x):
-            seen.append(inference_graph_kernels_enabled())
-            return x * 2
-
-    GraphedForward(Probe(), torch.randn(2, 3), warmup=2)
-    assert seen == [True, True, True] and not inference_graph_kernels_enabled()

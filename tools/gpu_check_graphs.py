@@ -10,9 +10,8 @@ eager-vs-eager difference + 1e-3, relative):
 - the eval output after training, where every copy ran one eval forward *before* training (it fills the inference
   caches: folded conv-BN weights, neighborhood logit blocks), so a cache that missed the replays' weight updates fails;
 - a :class:`GraphedForward`, captured first (before anything else ran the model, as in a benchmark's inference
-  pass), against the eager eval forward with the weight cache off and the graph's kernels (``inference_graph_kernels``:
-  the same computation), right away and replayed again after the graphed training (no weight-derived tensor may be
-  frozen into the inference graph).
+  pass), against the eager eval forward with the weight cache off (the same computation), right away and replayed
+  again after the graphed training (no weight-derived tensor may be frozen into the inference graph).
 The eval output must also have moved with training (a check that the comparison can fail).
 
     python tools/gpu_check_graphs.py [--models nat_mini ...] [--batch 16] [--out gpu_check_graphs]
@@ -36,7 +35,7 @@ import timm  # noqa: E402
 
 import vitzoo  # noqa: E402,F401
 from vitzoo.cuda_graph import GraphedForward, GraphedTrainStep  # noqa: E402
-from vitzoo.models._step_kernels import graph_step_kernels, inference_graph_kernels  # noqa: E402
+from vitzoo.models._step_kernels import graph_step_kernels  # noqa: E402
 from vitzoo.ops._weight_cache import weight_cache_enabled  # noqa: E402
 from vitzoo.tools_common import to_channels_last, write_rows_csv  # noqa: E402
 
@@ -68,13 +67,9 @@ def check_model(name: str, batch: int, dtype: torch.dtype) -> Dict:
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype), weight_cache_enabled(cached):
             return model(x_eval).float().clone()
 
-    def evaluate_as_graphed(model):  # the graph's computation: its kernels (inference_graph_kernels), no cache
-        with inference_graph_kernels():
-            return evaluate(model, cached=False)
-
     fwd = GraphedForward(copies["graph"].eval(), x_eval, dtype)
     first_replay = fwd(x_eval).float().clone()
-    infer_err = _rel(first_replay, evaluate_as_graphed(copies["graph"]))
+    infer_err = _rel(first_replay, evaluate(copies["graph"], cached=False))
     before = {k: evaluate(m) for k, m in copies.items()}  # fills every inference cache
     opts = {k: torch.optim.AdamW(m.parameters(), lr=LR, fused=True, capturable=True) for k, m in copies.items()}
     losses: Dict[str, List[torch.Tensor]] = {k: [] for k in copies}
@@ -103,7 +98,7 @@ def check_model(name: str, batch: int, dtype: torch.dtype) -> Dict:
 
     # the inference graph after the weights changed in place
     replayed = fwd(x_eval).float().clone()
-    infer_err_after = _rel(replayed, evaluate_as_graphed(copies["graph"]))
+    infer_err_after = _rel(replayed, evaluate(copies["graph"], cached=False))
     infer_moved = _rel(replayed, first_replay)
 
     ok = (loss_err <= 2 * loss_noise + FLOOR and out_err <= 2 * out_noise + FLOOR and moved > 10 * (out_err + FLOOR)

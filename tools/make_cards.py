@@ -93,11 +93,11 @@ FAMILIES = {
         reference="timm efficientvit_m*",
         text="Small, fast ViT: sandwich layout (one attention between FFNs) and cascaded group attention, where each "
              "head attends over 7x7 local windows (key dim 16, LeViT attention biases) and feeds its output to the "
-             "next head. Loads timm's state dicts unchanged. Eager and torch.compile inference run every head of a "
-             "layer in one Triton kernel (vitzoo.ops.cascaded_group_attention: projection, query conv, window "
-             "attention, a window carried through all heads); training and CUDA-graphed inference run each head's "
-             "window attention as one neighborhood-attention launch (M0, M1) or two (M2-M5, whose value head dims "
-             "80-112 are split into chunks of at most 64 channels), which take less GPU time (kernels/README.md)."),
+             "next head. Loads timm's state dicts unchanged. Inference runs every head of a layer in one Triton "
+             "kernel (vitzoo.ops.cascaded_group_attention: projection, query conv, window attention, a window "
+             "carried through all heads); training runs each head's window attention as one neighborhood-attention "
+             "launch (M0, M1) or two (M2-M5, whose value head dims 80-112 are split into chunks of at most 64 "
+             "channels; kernels/README.md)."),
     "vz_halonet": dict(
         title="HaloNet (timm architecture)", paper="Scaling Local Self-Attention for Parameter Efficient Visual "
         "Backbones (Vaswani et al., CVPR 2021)", code="https://github.com/huggingface/pytorch-image-models",

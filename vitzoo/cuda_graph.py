@@ -12,9 +12,7 @@ kernels with one host call, so the step costs its GPU time. Requirements, checke
 A train step's warm-up and capture run inside :func:`vitzoo.models._step_kernels.graph_step_kernels`: the zoo's
 LayerNorms then use the Triton forward and backward in training too (inference forwards always do). Eager training
 keeps torch's norm, whose host cost is lower; a replay has no host cost, and the kernels take about a tenth of the GPU
-time. An inference forward's warm-up and capture run inside :func:`~vitzoo.models._step_kernels.inference_graph_kernels`
-for the same reason: EfficientViT's eager inference runs every attention head of a layer in one op (least host time),
-its graphs the per-head kernels (least GPU time).
+time.
 
 Replays write parameters in place without going through the dispatcher, so their version counters would not move;
 :class:`GraphedTrainStep` bumps them after every replay so that caches keyed on them (``vitzoo.ops._weight_cache``:
@@ -32,7 +30,7 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from vitzoo.models._step_kernels import graph_step_kernels, inference_graph_kernels
+from vitzoo.models._step_kernels import graph_step_kernels
 
 __all__ = ["GraphedForward", "GraphedTrainStep", "WARMUP_STEPS"]
 
@@ -82,7 +80,7 @@ class GraphedForward:
         _require_cuda(example, "example")
         self.model, self.amp_dtype = model, amp_dtype
         self.static_input = example.clone()  # keeps the memory format (channels_last stays channels_last)
-        with torch.no_grad(), inference_graph_kernels():
+        with torch.no_grad():
             with _side_stream():
                 for _ in range(warmup):
                     self._run()

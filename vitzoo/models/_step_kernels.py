@@ -1,11 +1,10 @@
-"""Which kernels a step uses: those with the least host time (eager steps), or those with the least GPU time (steps
-whose host time does not count, such as a CUDA graph's warm-up and capture, whose replays cost only GPU time).
+"""Which kernels a training step uses: those with the least host time (eager steps), or those with the least GPU time
+(steps whose host time does not count, such as a CUDA graph's warm-up and capture, whose replays cost only GPU time).
 
 The zoo's modules with such a choice ask :func:`host_cost_free` (:mod:`vitzoo.models._norm`'s LayerNorms, DaViT's
 position convs: also in inference), :func:`graph_step_kernels_enabled` (:mod:`vitzoo.models._linear`'s Linear:
-training only), :func:`fused_training_enabled` (the conv blocks' BatchNorm, SE and depthwise training ops) or, in
-inference, :func:`inference_graph_kernels_enabled` (EfficientViT's cascaded attention); ``vitzoo.cuda_graph`` enters
-:func:`graph_step_kernels` for train steps and :func:`inference_graph_kernels` for inference forwards.
+training only) or :func:`fused_training_enabled` (the conv blocks' BatchNorm, SE and depthwise training ops);
+``vitzoo.cuda_graph`` enters :func:`graph_step_kernels`.
 """
 from __future__ import annotations
 
@@ -15,11 +14,9 @@ import torch
 
 from vitzoo.ops._switch import Switch
 
-__all__ = ["graph_step_kernels", "graph_step_kernels_enabled", "host_cost_free", "fused_training_enabled",
-           "inference_graph_kernels", "inference_graph_kernels_enabled"]
+__all__ = ["graph_step_kernels", "graph_step_kernels_enabled", "host_cost_free", "fused_training_enabled"]
 
 _SWITCH = Switch(False)
-_INFERENCE_SWITCH = Switch(False)
 
 
 def graph_step_kernels(enabled: bool = True) -> ContextManager[None]:
@@ -47,13 +44,3 @@ def fused_training_enabled(backend: str) -> bool:
     if backend == "triton":
         return True
     return backend == "auto" and _SWITCH.enabled
-
-
-def inference_graph_kernels(enabled: bool = True) -> ContextManager[None]:
-    """Inside the block, inference forwards take the paths with the least GPU time where an eager forward takes one
-    that saves host time (a captured inference graph's warm-up and capture; ``vitzoo.cuda_graph.GraphedForward``)."""
-    return _INFERENCE_SWITCH.set(enabled)
-
-
-def inference_graph_kernels_enabled() -> bool:
-    return _INFERENCE_SWITCH.enabled

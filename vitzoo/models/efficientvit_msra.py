@@ -42,7 +42,6 @@ from vitzoo.ops._weight_cache import cached_from_weights
 
 from ._linear import convert_linears
 from ._conv_bn import autocast_dtype, fold_conv_norms, folded_conv_bn
-from ._step_kernels import inference_graph_kernels_enabled
 
 __all__ = ["EfficientVitMsraVz", "CascadedGroupAttentionVz", "LocalWindowAttentionVz", "checkpoint_filter_fn"]
 
@@ -152,12 +151,8 @@ class CascadedGroupAttentionVz(nn.Module):
 
     def runs_as_one_op(self, x: torch.Tensor) -> bool:
         """Whether this call runs every head as one :func:`vitzoo.ops.cascaded_group_attention` call: inference
-        (BatchNorms on running statistics, folded) with no autograd recording, except in a CUDA graph's capture
-        (``inference_graph_kernels``), whose replays cost no host time: there the per-head kernels take less GPU time
-        (H100, M5 at 224, batch 256: stage 1 0.35 against 0.90 ms, stage 2 0.28 against 0.38 ms; kernels/README.md)."""
-        if self.training or inference_graph_kernels_enabled():
-            return False
-        if any(m.bn.training or m.bn.running_var is None for m in (*self.qkvs, *self.dws)):
+        (BatchNorms on running statistics, folded) with no autograd recording."""
+        if self.training or any(m.bn.training or m.bn.running_var is None for m in (*self.qkvs, *self.dws)):
             return False
         return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
 
