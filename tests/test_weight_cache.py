@@ -52,3 +52,17 @@ def test_the_cache_can_be_switched_off():
     with weight_cache_enabled(False):
         assert _cached_double(w, built) is None
     assert _cached_double(w, built) is not None and built == [1]
+
+
+def test_values_cached_under_inference_mode_can_key_another_cache():
+    """A value built under inference_mode is still a normal tensor without autograd history (it has a version
+    counter), so a cache keyed on it (an op's kernel layout of a model's folded weights) hits on the next call."""
+    w = nn.Parameter(torch.randn(8))
+    built = []
+    with torch.inference_mode():
+        first = _cached_double(w, built)
+        assert not first.is_inference() and not first.requires_grad
+        layout = cached_from_weights((first,), "layout", lambda: built.append(2) or first + 1)
+        assert layout is not None
+        assert cached_from_weights((_cached_double(w, built),), "layout", lambda: built.append(3)) is layout
+    assert built == [1, 2]
