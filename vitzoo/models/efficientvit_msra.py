@@ -38,6 +38,7 @@ from timm.models._features import feature_take_indices
 from timm.models.efficientvit_msra import ConvMlp, ConvNorm, NormLinear, PatchEmbedding, PatchMerging, ResidualDrop
 
 from vitzoo.ops import BACKENDS, cascaded_group_attention, neighborhood_attention_2d
+from vitzoo.ops.cascaded import window_bias_index
 from vitzoo.ops._weight_cache import cached_from_weights
 
 from ._linear import convert_linears
@@ -119,11 +120,8 @@ class CascadedGroupAttentionVz(nn.Module):
         cache = None if _compiling() else self._index_cache  # compiled graphs fold the constant themselves
         if cache is not None and key in cache:
             return cache[key]
-        kh, kw = kernel
         with torch.inference_mode(False):  # a normal tensor: training saves it for the gather's backward
-            ys = torch.arange(kh, device=device).repeat_interleave(kw)
-            xs = torch.arange(kw, device=device).repeat(kh)
-            idx = (ys[:, None] - ys[None, :]).abs() * self.resolution + (xs[:, None] - xs[None, :]).abs()
+            idx = window_bias_index(kernel, self.resolution, device)
         if cache is not None:
             cache[key] = idx
         return idx
@@ -140,13 +138,9 @@ class CascadedGroupAttentionVz(nn.Module):
         table = self.attention_biases
         index = self._bias_index(kernel, table.device)
 
-        def build() -> torch.Tensor:
-            # A normal tensor even under inference mode: the op layer caches its window-logit tables keyed on this
-            # bias's version counter, which inference tensors lack.
-            with torch.inference_mode(False), torch.no_grad():
-                return table[:, index]
-
-        cached = cached_from_weights((table,), ("efficientvit_dense_bias", kh, kw), build)
+        # Built as a normal tensor even under inference mode (the weight cache does that): the op layer caches its
+        # window-logit tables keyed on this bias's version counter, which inference tensors lack.
+        cached = cached_from_weights((table,), ("efficientvit_dense_bias", kh, kw), lambda: table[:, index])
         return cached if cached is not None else table[:, index]
 
     def runs_as_one_op(self, x: torch.Tensor) -> bool:

@@ -20,7 +20,7 @@ import torch
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "VITZOO_ATTN_BACKEND"
 
-__all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "triton_available", "interpreter_enabled"]
+__all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "triton_available", "interpreter_enabled", "needs_grad"]
 
 
 def interpreter_enabled() -> bool:
@@ -35,6 +35,12 @@ def triton_available() -> bool:
     except Exception:  # pragma: no cover - triton is a Linux-only dependency
         return False
     return True
+
+
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd would record through any of ``tensors`` (None entries allowed): what inference-only kernels
+    must refuse."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _check_name(value: str, where: str) -> str:

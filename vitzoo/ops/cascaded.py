@@ -16,9 +16,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._backend import resolve_backend
+from ._backend import needs_grad, resolve_backend
 
-__all__ = ["cascaded_group_attention", "cascaded_group_attention_torch", "CascadedArgs"]
+__all__ = ["cascaded_group_attention", "cascaded_group_attention_torch", "CascadedArgs", "window_bias_index"]
 
 Window = Optional[Union[int, Sequence[int]]]
 
@@ -80,12 +80,9 @@ class CascadedArgs:
         self.batch = batch
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _window_bias_index(window: Tuple[int, int], res: int, device: torch.device) -> torch.Tensor:
-    """(N, N) index ``|dy| * res + |dx|`` into a head's bias table for the N tokens of a window (row-major)."""
+def window_bias_index(window: Tuple[int, int], res: int, device: torch.device) -> torch.Tensor:
+    """(N, N) index ``|dy| * res + |dx|`` into a head's LeViT bias table of resolution ``res`` for every (query, key)
+    pair of the N tokens of a window (row-major)."""
     wh, ww = window
     ys = torch.arange(wh, device=device).repeat_interleave(ww)
     xs = torch.arange(ww, device=device).repeat(wh)
@@ -104,7 +101,7 @@ def cascaded_group_attention_torch(x, qkv_weights, qkv_biases, dw_weights, dw_bi
     x = F.pad(x, (0, pad_r, 0, pad_b))
     rows, cols = (height + pad_b) // wh, (width + pad_r) // ww
     tiles = x.reshape(args.batch, -1, rows, wh, cols, ww).permute(0, 2, 4, 1, 3, 5).reshape(-1, x.shape[1], wh, ww)
-    index = _window_bias_index(args.window, args.table_res, x.device)
+    index = window_bias_index(args.window, args.table_res, x.device)
     dtype = x.dtype
     outputs: List[torch.Tensor] = []
     feat = None
@@ -163,7 +160,7 @@ def cascaded_group_attention(
     def unsupported() -> Optional[str]:
         from ._cascaded_triton import unsupported_reason
 
-        if _needs_grad(*tensors):
+        if needs_grad(*tensors):
             return "the Triton kernel is inference-only and autograd records through an input"
         return unsupported_reason(x, args, tensors)
 

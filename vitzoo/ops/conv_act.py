@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import resolve_backend
+from ._backend import needs_grad, resolve_backend
 from ._weight_cache import cached_or_built
 
 __all__ = ["depthwise_conv2d_act", "channel_scale_", "conv2d_bias_relu", "same_padding", "CONV_ACTIVATIONS"]
@@ -30,10 +30,6 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> Tupl
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2, out
-
-
-def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _check_padding(padding: Sequence[int]) -> Tuple[int, int, int, int]:
@@ -69,7 +65,7 @@ def depthwise_conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"depthwise_conv2d_act: stride must be a positive int, got {stride!r}")
     top, bottom, left, right = _check_padding(padding)
-    if _needs_grad(x, weight, bias):
+    if needs_grad(x, weight, bias):
         raise ValueError("depthwise_conv2d_act is inference-only: call it under torch.no_grad() / inference_mode() "
                          "or with inputs that do not require grad")
     h_out = (x.shape[1] + top + bottom - k) // stride + 1
@@ -109,7 +105,7 @@ def channel_scale_(x: torch.Tensor, gate: torch.Tensor, backend: str = "auto") -
     if x.dim() != 4 or tuple(gate.shape) != (x.shape[0], x.shape[-1]):
         raise ValueError(f"channel_scale_: x must be (B, H, W, C) and gate (B, C), got {tuple(x.shape)} and "
                          f"{tuple(gate.shape)}")
-    if _needs_grad(x, gate):
+    if needs_grad(x, gate):
         raise ValueError("channel_scale_ is inference-only (in place): call it without autograd")
     batch, height, width, channels = x.shape
 
@@ -139,7 +135,7 @@ def conv2d_bias_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     a HaloNet-26t 1x1 conv 64 -> 256 at 56x56 took 190 us fused against 841 us as conv + BatchNorm + ReLU
     (kernels/README.md, "Fifteenth run"). Elsewhere ``F.conv2d``, add, ``relu``. Inference only.
     """
-    if _needs_grad(x, weight, bias, residual):
+    if needs_grad(x, weight, bias, residual):
         raise ValueError("conv2d_bias_relu is inference-only: call it without autograd")
     if x.is_cuda and weight.is_cuda and torch.backends.cudnn.is_available() and weight.dtype in _DTYPES:
         x = x.to(weight.dtype)
